@@ -1,0 +1,135 @@
+"""The ``camssl`` command.
+
+    camssl train [--config demo|cpu|paper|FILE] [shortcuts] [section.key=value ...]
+    camssl train --resume RUN_DIR
+    camssl config [--config ...] [section.key=value ...]     print the resolved config
+    camssl download cifar10 DIR
+
+Errors a user can cause are printed as one line (``error: ...``) with exit status 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from camssl.errors import UserError
+
+# command-line shortcuts: flag -> (config key(s), type)
+SHORTCUTS: dict[str, tuple[tuple[str, ...], type, str]] = {
+    "--data": (("data.source",), str, "training data: 'mini', a CIFAR-10 folder/archive or an image folder"),
+    "--test-data": (("data.test_source",), str, "separate test image folder (optional)"),
+    "--method": (("method.name",), str, "supervised | pseudo_label | ..."),
+    "--layer": (("method.layers",), str, "Grad-CAM target layer(s), comma-separated"),
+    "--ratio": (("split.ratio",), float, "unlabeled/labeled ratio (0 = supervised only)"),
+    "--labeled": (("split.n_labeled",), int, "number of labeled images (class-balanced)"),
+    "--model": (("model.name",), str, "backbone"),
+    "--width": (("model.width",), float, "channel-width multiplier"),
+    "--epochs": (("optim.epochs",), int, "training epochs"),
+    "--lr": (("optim.lr",), float, "peak learning rate"),
+    "--batch-size": (("optim.batch_size",), int, "labeled images per step (global)"),
+    "--seed": (("seed", "split.seed"), int, "seed of the run and of the split"),
+    "--device": (("device",), str, "auto | cpu | cuda | cuda:N"),
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="demo", help="preset name (demo, cpu, paper) or a YAML file [demo]")
+    for flag, (keys, typ, text) in SHORTCUTS.items():
+        p.add_argument(flag, type=typ, default=None, help=f"{text} (sets {', '.join(keys)})")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of failing")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="any config field, e.g. optim.lr=0.05")
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from camssl.config import load_config, parse_override
+
+    overrides: dict[str, Any] = dict(parse_override(o) for o in args.overrides)
+    for flag, (keys, _, _) in SHORTCUTS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            for k in keys:
+                overrides[k] = value
+    if args.skip_bad:
+        overrides["data.skip_bad"] = True
+    return load_config(args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camssl", description="Semi-supervised image classification guided by class activation maps."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", parents=[common], help="train a model (default: the demo preset on the embedded mini CIFAR-10)")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="run directory [runs/<time>-<method>-s<seed>]")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a killed or unfinished run")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+
+    p = sub.add_parser("config", parents=[common], help="print the resolved config as YAML")
+    _add_config_args(p)
+
+    p = sub.add_parser("download", parents=[common], help="download a data set (needs internet)")
+    p.add_argument("dataset", choices=["cifar10"])
+    p.add_argument("dir", help="destination folder")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from camssl.trainer import train
+
+    if args.resume:
+        given = [o for o in args.overrides] + [f for f in SHORTCUTS if getattr(args, f.lstrip("-").replace("-", "_"))]
+        if given or args.out or args.overwrite:
+            raise UserError(
+                f"--resume continues a run with its saved config; drop {', '.join(given) or '--out/--overwrite'} "
+                "(or start a new run with --out)"
+            )
+        train(None, args.resume, resume=True)
+        return 0
+    cfg = _config_from_args(args)
+    train(cfg, args.out, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from camssl.config import dump_yaml
+
+    print(dump_yaml(_config_from_args(args)), end="")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from camssl.data import download_cifar10
+
+    path = download_cifar10(args.dir)
+    print(f"CIFAR-10 archive ready: {path}  (train with: camssl train --config cpu --data {path})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "config": cmd_config, "download": cmd_download}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with: camssl train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Typed run configuration: dataclasses, YAML presets and command-line overrides.
+
+A run is described by one :class:`TrainConfig`, a tree of dataclasses. It is built from
+(in order): the defaults below, a YAML preset (``--config demo`` or a path), and
+``section.key=value`` overrides from the command line. Unknown keys and invalid values
+raise :class:`~camssl.errors.ConfigError` naming the key and the allowed values, before
+any work starts.
+
+Presets live in ``camssl/configs/*.yaml`` (the repository's ``configs/`` folder points
+there), so ``camssl train --config cpu`` works from any directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from camssl.augment import AugmentConfig
+from camssl.data import DataConfig, SplitConfig
+from camssl.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+Schedule = Literal["cosine", "onecycle", "constant"]
+GradMode = Literal["full", "detach-weights"]
+MapNorm = Literal["max", "minmax", "l2", "none"]
+Distance = Literal["mse", "l1"]
+Anchor = Literal["original", "weak"]
+ViewName = Literal["original", "weak", "strong"]
+
+
+@dataclass
+class ModelConfig:
+    """Backbone. ``name`` is one of :data:`camssl.models.MODEL_NAMES`."""
+
+    name: str = "resnet18"
+    width: float = 1.0  # channel-width multiplier (1.0 = the standard network)
+    pretrained: str | None = None  # local torchvision/timm state_dict file
+    resize_to: int | None = None  # resnet50_imagenet: upsample inputs to this size (paper: 256)
+    channels_last: bool = False  # memory format for the model and its inputs
+
+
+@dataclass
+class MethodConfig:
+    """The training objective L = alpha*L_S + beta*L_P + gamma*L_G and its knobs.
+
+    One flat config for the whole method family, so a sweep can switch methods without
+    rewriting the config: each method reads the fields it uses (see ``camssl.methods``).
+    """
+
+    name: str = "supervised"
+    alpha: float = 1.0  # weight of the supervised loss L_S
+    beta: float = 1.0  # weight of the pseudo-label loss L_P
+    gamma: float = 1.0  # weight of the Grad-CAM consistency loss L_G
+    threshold: float = 0.0  # confidence threshold on the anchor's softmax (0 = off)
+    anchor: Anchor = "original"  # view whose prediction (and map) is the target
+    layers: list[str] = field(default_factory=lambda: ["layer3"])  # Grad-CAM target layer(s)
+    grad_mode: GradMode = "full"
+    norm: MapNorm = "minmax"
+    distance: Distance = "mse"
+    gamma_rampup_epochs: float = 0.0  # linear ramp-up of gamma over this many epochs
+
+
+@dataclass
+class OptimConfig:
+    """SGD with Nesterov momentum, a per-step schedule, optional EMA."""
+
+    epochs: int = 30
+    batch_size: int = 64  # labeled images per step (global, across all processes)
+    unlabeled_multiplier: float = 1.0  # unlabeled images per step = multiplier x batch_size
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Schedule = "cosine"
+    warmup_epochs: float = 0.0
+    ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.999 evaluates an EMA of the weights
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    labeled_view: ViewName = "weak"  # augmentation of the labeled batch (baseline and SSL alike)
+    seed: int = 0  # training seed (init, batch order, augmentation); split.seed picks the split
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU
+    deterministic: bool = False  # torch.use_deterministic_algorithms for bit-exact reruns
+    threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+    eval_batch_size: int = 500
+    eval_every: int = 1  # validate every N epochs (and always after the last)
+    out_dir: str = "runs"  # parent of run directories when --out is not given
+    cam_grid: bool = True  # write a CAM grid at the start and end of a run
+    progress: bool = True  # progress bar (only on a terminal)
+
+    def validate(self) -> None:
+        """Check values that depend on other parts of the program (registries, ranges)."""
+        from camssl.methods import METHODS
+        from camssl.models import MODEL_NAMES
+
+        self.data.validate()
+        self.split.validate()
+        self.augment.validate()
+        if self.method.name not in METHODS:
+            raise ConfigError(
+                f"method.name={self.method.name!r} is unknown; choose one of: {', '.join(sorted(METHODS))}"
+            )
+        if self.model.name not in MODEL_NAMES:
+            raise ConfigError(
+                f"model.name={self.model.name!r} is unknown; choose one of: {', '.join(MODEL_NAMES)}"
+            )
+        _positive(self, "model.width", self.model.width)
+        if self.model.resize_to is not None:
+            _at_least(self, "model.resize_to", self.model.resize_to, 8)
+        m = self.method
+        for name in ("alpha", "beta", "gamma", "gamma_rampup_epochs"):
+            _at_least(self, f"method.{name}", getattr(m, name), 0)
+        if not 0.0 <= m.threshold < 1.0:
+            raise ConfigError(f"method.threshold={m.threshold} is invalid: must be in [0, 1)")
+        if not m.layers:
+            raise ConfigError("method.layers is empty: name at least one layer, e.g. layer3")
+        o = self.optim
+        _at_least(self, "optim.epochs", o.epochs, 1)
+        _at_least(self, "optim.batch_size", o.batch_size, 1)
+        _positive(self, "optim.unlabeled_multiplier", o.unlabeled_multiplier)
+        _positive(self, "optim.lr", o.lr)
+        _at_least(self, "optim.weight_decay", o.weight_decay, 0)
+        _at_least(self, "optim.warmup_epochs", o.warmup_epochs, 0)
+        if not 0.0 <= o.momentum < 1.0:
+            raise ConfigError(f"optim.momentum={o.momentum} is invalid: must be in [0, 1)")
+        if o.nesterov and o.momentum == 0:
+            raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+        if not 0.0 <= o.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay={o.ema_decay} is invalid: must be in [0, 1) (0 = off)")
+        if not 0.0 <= o.label_smoothing < 1.0:
+            raise ConfigError(f"optim.label_smoothing={o.label_smoothing} is invalid: must be in [0, 1)")
+        _at_least(self, "eval_batch_size", self.eval_batch_size, 1)
+        _at_least(self, "eval_every", self.eval_every, 1)
+        _at_least(self, "threads", self.threads, 0)
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device={self.device!r} is invalid: use auto, cpu, cuda or cuda:N")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def _positive(_: TrainConfig, key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}={value} is invalid: must be > 0")
+
+
+def _at_least(_: TrainConfig, key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} is invalid: must be >= {low}")
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML/JSON-able values (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) dict, strictly typed."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; valid keys{' in ' + prefix if prefix else ''}: "
+            f"{', '.join(sorted(names))}"
+        )
+    base = cls()
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key, getattr(base, f.name))
+        else:
+            kwargs[f.name] = getattr(base, f.name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        merged = to_dict(current) if current is not None else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of its fields, got {value!r}")
+        merged.update(value)
+        return from_dict(tp, merged, key)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in get_args(tp):
+                return None
+        errors = []
+        for a in args:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r} is invalid: {'; '.join(errors)}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is invalid; allowed values: {', '.join(map(str, choices))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} is invalid: expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}={value!r} is invalid: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a string")
+        return str(value)
+    if origin in (list, tuple):
+        args = get_args(tp)
+        if isinstance(value, str) and origin is list:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a list")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}={value!r} is invalid: expected {len(args)} values")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp}")  # pragma: no cover - programming error
+
+
+# ---------------------------------------------------------------- presets and overrides
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """``demo`` → the packaged preset; anything else is a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(
+                f"config file '{name_or_path}' does not exist; use a preset ({', '.join(preset_names())}) or a YAML path"
+            )
+        return p
+    cand = PRESET_DIR / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    raise ConfigError(
+        f"unknown config preset '{name_or_path}'; choose one of: {', '.join(preset_names())}, or give a YAML path"
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse config '{path}': {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{path}' must be a mapping of sections (data:, model:, ...)")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``optim.lr=0.05`` → ("optim.lr", 0.05); values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"cannot read override '{text}': write it as section.key=value, e.g. optim.lr=0.05")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {key}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    preset: str | None = "demo",
+    overrides: dict[str, Any] | list[str] | None = None,
+    validate: bool = True,
+) -> TrainConfig:
+    """Defaults ← preset YAML ← overrides, strictly typed and validated.
+
+    A YAML file may start with ``base: <preset or path>`` to inherit from another one.
+    """
+    tree: dict[str, Any] = {}
+    if preset:
+        tree = load_yaml_tree(preset)
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    for k, v in (overrides or {}).items():
+        set_path(tree, k, v)
+    cfg = from_dict(TrainConfig, tree)
+    if validate:
+        cfg.validate()
+    return cfg
+
+
+def load_yaml_tree(preset: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = resolve_preset(preset)
+    if path.resolve() in _seen:
+        raise ConfigError(f"config '{path}' inherits from itself through 'base:'")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config '{path}': base must be a preset name or a path")
+    base_path = base if (PRESET_DIR / f"{base}.yaml").is_file() else str(path.parent / base)
+    if not (PRESET_DIR / f"{base}.yaml").is_file() and not Path(base_path).is_file():
+        base_path = base
+    return merge(load_yaml_tree(base_path, _seen + (path.resolve(),)), data)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

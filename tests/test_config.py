@@ -1,0 +1,67 @@
+"""Typed config: presets, overrides, strict validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from camssl.config import TrainConfig, dump_yaml, from_dict, load_config, preset_names, read_yaml
+from camssl.errors import ConfigError
+
+
+def test_every_preset_loads_and_validates():
+    assert {"demo", "cpu", "paper"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_config(name)
+        assert isinstance(cfg, TrainConfig)
+
+
+def test_demo_is_default_and_uses_embedded_data():
+    cfg = load_config()
+    assert cfg.data.source == "mini"
+
+
+def test_overrides_are_typed():
+    cfg = load_config("demo", ["optim.lr=0.05", "split.ratio=2", "method.layers=layer2,layer3", "model.width=1"])
+    assert cfg.optim.lr == 0.05 and isinstance(cfg.split.ratio, float) and cfg.split.ratio == 2.0
+    assert cfg.method.layers == ["layer2", "layer3"]
+    assert cfg.model.width == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("optim.lrr=0.1", "optim.lrr"),
+        ("nonsense.x=1", "nonsense"),
+        ("optim.schedule=linear", "cosine, onecycle, constant"),
+        ("optim.epochs=ten", "optim.epochs"),
+        ("optim.epochs=0", "optim.epochs"),
+        ("method.name=fixmatch", "pseudo_label"),
+        ("model.name=vgg", "resnet18"),
+        ("method.grad_mode=half", "detach-weights"),
+        ("optim.momentum=1.5", "optim.momentum"),
+        ("model.channels_last=maybe", "true or false"),
+        ("device=tpu", "device"),
+    ],
+)
+def test_bad_values_name_the_key_and_allowed_values(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", [override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config("cpu", ["seed=3"])
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_yaml(cfg))
+    again = from_dict(TrainConfig, read_yaml(p))
+    assert again == cfg
+
+
+def test_base_inheritance_and_unknown_preset(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("base: cpu\noptim:\n  epochs: 3\n")
+    cfg = load_config(str(p))
+    assert cfg.optim.epochs == 3 and cfg.split.n_labeled == 5000
+    with pytest.raises(ConfigError, match="demo"):
+        load_config("no-such-preset")
