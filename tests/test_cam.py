@@ -356,3 +356,18 @@ def test_upsample_maps() -> None:
     torch.testing.assert_close(out, expected.reshape(3, 2, 32, 32))
     assert upsample_maps(maps[0], (10, 12)).shape == (2, 10, 12)
     torch.testing.assert_close(upsample_maps(torch.full((1, 4, 4), 3.0), 9), torch.full((1, 9, 9), 3.0))
+
+
+def test_negative_class_excludes_rows_of_a_batch():
+    """Maps for part of a batch (e.g. the unlabeled rows of a labeled+unlabeled forward)."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, width=0.25).eval()
+    x = torch.randn(6, 3, 32, 32)
+    classes = torch.tensor([-1, -1, 3, 1, 4, 9])
+    for layer in ("layer2", "layer4"):
+        logits, feats = model(x, taps=[layer])
+        maps = grad_cam(logits, feats, classes, model=model)[layer]
+        assert torch.all(maps[:2] == 0)
+        logits_sub, feats_sub = model(x[2:], taps=[layer])
+        ref = grad_cam(logits_sub, feats_sub, classes[2:], model=model)[layer]
+        torch.testing.assert_close(maps[2:], ref, rtol=1e-5, atol=1e-7)

@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", parents=[common], help="print the resolved config as YAML")
     _add_config_args(p)
 
+    p = sub.add_parser("cam", parents=[common], help="draw a Grad-CAM grid of a trained run (like the paper's Fig. 2)")
+    p.add_argument("run_dir", help="a training run directory")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which weights [best]")
+    p.add_argument("--images", default=None, help="a folder of images [default: random images of the test split]")
+    p.add_argument("--n", type=int, default=8, help="number of images [8]")
+    p.add_argument("--layer", default=None, help="target layer [the run's first method.layers]")
+    p.add_argument("--out", default=None, help="PNG path [RUN_DIR/figures/cam_<checkpoint>_<layer>.png]")
+    p.add_argument("--seed", type=int, default=0, help="picks the images and the strong views [0]")
+
     p = sub.add_parser("download", parents=[common], help="download a data set (needs internet)")
     p.add_argument("dataset", choices=["cifar10"])
     p.add_argument("dir", help="destination folder")
@@ -114,7 +123,25 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "download": cmd_download}
+def cmd_cam(args: argparse.Namespace) -> int:
+    from camssl.viz import render_run
+
+    if args.n < 1:
+        raise UserError(f"--n {args.n} is invalid: give at least 1 image")
+    out = render_run(
+        args.run_dir,
+        checkpoint=args.checkpoint,
+        images=args.images,
+        n=args.n,
+        layer=args.layer,
+        out=args.out,
+        seed=args.seed,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "config": cmd_config, "cam": cmd_cam, "download": cmd_download}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,7 +100,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU
     deterministic: bool = False  # torch.use_deterministic_algorithms for bit-exact reruns
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
-    eval_batch_size: int = 500
+    eval_batch_size: int = 250
     eval_every: int = 1  # validate every N epochs (and always after the last)
     out_dir: str = "runs"  # parent of run directories when --out is not given
     cam_grid: bool = True  # write a CAM grid at the start and end of a run

@@ -40,9 +40,10 @@ from camssl.augment import Augmenter
 from camssl.config import TrainConfig, dump_yaml, from_dict, read_yaml
 from camssl.data import DataBundle, Split, load_data, make_split
 from camssl.data.streams import IndexStream
-from camssl.errors import UserError
+from camssl.errors import ConfigError, UserError
 from camssl.methods import METHODS, Batch, Method, StepContext
 from camssl.models import build_model
+from camssl.viz import aligned_cams, cam_grid_figure, map_agreement, save_figure
 
 CHECKPOINT_FORMAT = 1
 RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "last.pt", "best.pt", "result.json")
@@ -256,6 +257,7 @@ class Trainer:
         ).to(self.device)
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._check_layers()
         self.method: Method = METHODS[cfg.method.name](cfg.method, label_smoothing=cfg.optim.label_smoothing)
         if self.method.uses_unlabeled and len(self.split.unlabeled) == 0:
             raise UserError(
@@ -311,10 +313,22 @@ class Trainer:
                     f"{split.fingerprint} vs {self.bundle.fingerprint}); resume with the same data.source"
                 )
             return split
-        split = make_split(self.bundle.train.labels, self.num_classes, self.cfg.split, self.bundle.fingerprint)
+        split = make_split(
+            self.bundle.train.labels, self.num_classes, self.cfg.split, self.bundle.fingerprint, class_names=self.classes
+        )
         if self.dist.main:
             split.save(path)
         return split
+
+    def _check_layers(self) -> None:
+        for name in self.cfg.method.layers:
+            try:
+                self.model.get_submodule(name)
+            except AttributeError:
+                raise ConfigError(
+                    f"method.layers: unknown layer '{name}' for {self.cfg.model.name}; valid stages: "
+                    f"{', '.join(self.model.stages)} (or any module path such as {self.model.stages[-1]}.0)"
+                ) from None
 
     def _amp_dtype(self) -> torch.dtype | None:
         if not (self.cfg.amp and self.device.type == "cuda"):
@@ -340,6 +354,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "model_name": self.cfg.model.name,
             "num_classes": self.num_classes,
+            "classes": self.classes,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "model": self.model.state_dict(),
@@ -406,7 +421,7 @@ class Trainer:
         io.torch_save(self.run_dir / "last.pt", self._state())
         if improved:
             weights = self.eval_model().state_dict()
-            io.torch_save(self.run_dir / "best.pt", {"epoch": self.epoch, "model": weights})
+            io.torch_save(self.run_dir / "best.pt", {"epoch": self.epoch, "classes": self.classes, "model": weights})
         io.write_text(
             self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history)
         )
@@ -521,6 +536,28 @@ class Trainer:
             self.autocast,
         )
 
+    def diagnostic_batch(self, n: int) -> tuple[Tensor, Tensor]:
+        """A fixed batch of validation images (the same every epoch) for map diagnostics."""
+        idx = self.split.val[:n].to(self.device)
+        return self.images[idx], self.labels[idx]
+
+    def map_agreement(self) -> float:
+        x, _ = self.diagnostic_batch(64)
+        return map_agreement(self.eval_model(), x, self.augmenter, self.cfg.method.layers[0], seed=self.cfg.seed)
+
+    def write_cam_grid(self, tag: str) -> None:
+        if not (self.cfg.cam_grid and self.dist.main):
+            return
+        x, y = self.diagnostic_batch(8)
+        layer = self.cfg.method.layers[0]
+        aligned = aligned_cams(self.eval_model(), x, self.augmenter, layer, torch.Generator().manual_seed(self.cfg.seed))
+        fig = cam_grid_figure(
+            aligned, self.augmenter, self.classes, y, f"{self.cfg.method.name}, Grad-CAM at {layer}, {tag}"
+        )
+        if self.writer is not None:
+            self.writer.add_figure(f"cam/{layer}", fig, self.epoch, close=False)
+        save_figure(fig, self.run_dir / "figures" / f"cam_{tag.replace(' ', '_')}.png")
+
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -528,10 +565,13 @@ class Trainer:
             f"model: {cfg.model.name} (width {cfg.model.width}, {n_params / 1e6:.2f}M parameters) on {self.device}; "
             f"method: {cfg.method.name}; {cfg.optim.epochs} epochs x {self.steps_per_epoch} steps"
         )
+        if self.epoch == 0:
+            self.write_cam_grid("epoch 0")
         while self.epoch < cfg.optim.epochs:
             stats = self.train_epoch()
             self.epoch += 1
             record: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, **stats}
+            record["map_agreement"] = self.map_agreement()
             improved = False
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.optim.epochs:
                 val = self.validate()
@@ -543,6 +583,7 @@ class Trainer:
             self.history.append(record)
             self._save_checkpoint(improved)
             self._log_epoch(record)
+        self.write_cam_grid("final")
         result = self.finish()
         if self.writer is not None:
             self.writer.add_scalar("test/test_acc", result["test_acc"], self.epoch)
@@ -560,7 +601,9 @@ class Trainer:
         if not self.dist.main:
             return
         terms = "  ".join(
-            f"{k} {r[k]:.3f}" for k in ("loss_s", "loss_p", "loss_g", "mask_rate", "pl_acc") if k in r
+            f"{k} {r[k]:.3f}"
+            for k in ("loss_s", "loss_p", "loss_g", "mask_rate", "pl_acc", "map_agreement")
+            if k in r
         )
         val = f"val {fmt_pct(r.get('val_acc'))} (best {fmt_pct(self.best['val_acc'])} @{self.best['epoch']})"
         self.log(

@@ -1,0 +1,229 @@
+"""Seeing the maps: aligned Grad-CAM of an image and its augmented view, and CAM grids.
+
+:func:`aligned_cams` computes, for a batch, everything Grad-CAM consistency compares:
+the map of the original image, the map of a strong view, the original's map carried
+into the strong view through the view's exact geometry, and the valid-pixel mask.
+:func:`map_agreement` condenses it into one number per batch (the mean Pearson
+correlation of the aligned maps over valid pixels), logged every epoch, and
+:func:`cam_grid_figure` draws it like the paper's Fig. 2.
+"""
+
+from __future__ import annotations
+
+import io as _io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from camssl import io
+from camssl.augment import Augmenter, View, carry
+from camssl.cam import grad_cam, upsample_maps
+
+
+@dataclass
+class AlignedCams:
+    original: View
+    strong: View
+    probs: Tensor  # B×C softmax of the original view (eval mode)
+    classes: Tensor  # B pseudo-labels (argmax on the original view), used for both maps
+    map_original: Tensor  # B×H×W Grad-CAM of the original, upsampled to input resolution
+    map_strong: Tensor  # B×H×W Grad-CAM of the strong view, upsampled
+    map_carried: Tensor  # B×H×W the original's map carried into the strong view
+    valid: Tensor  # B×H×W 1 where the strong pixel comes from inside the original image
+
+
+def aligned_cams(model: nn.Module, x: Tensor, augmenter: Augmenter, layer: str, gen: torch.Generator) -> AlignedCams:
+    """Grad-CAM maps of ``x`` (uint8) and of a strong view, aligned; the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        size = (x.shape[2], x.shape[3])
+        original = augmenter.original(x)
+        strong = augmenter.strong(x, gen)
+        with torch.enable_grad():
+            logits, feats = model(original.images, taps=[layer])
+            probs = torch.softmax(logits.detach().float(), 1)
+            classes = probs.argmax(1)
+            m_orig = grad_cam(logits, feats, classes, mode="detach-weights", model=model)[layer].detach()
+            logits_s, feats_s = model(strong.images, taps=[layer])
+            m_strong = grad_cam(logits_s, feats_s, classes, mode="detach-weights", model=model)[layer].detach()
+        carried, valid = carry(m_orig[:, None], strong.theta, size)
+        return AlignedCams(
+            original=original,
+            strong=strong,
+            probs=probs,
+            classes=classes,
+            map_original=upsample_maps(m_orig, size),
+            map_strong=upsample_maps(m_strong, size),
+            map_carried=carried[:, 0],
+            valid=valid[:, 0],
+        )
+    finally:
+        model.train(was_training)
+
+
+def pearson(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """Per-sample Pearson correlation of ``a`` and ``b`` (B×H×W) over ``mask``; 0 for constant maps."""
+    w = mask.float()
+    n = w.sum((1, 2)).clamp_min(1)
+    ma = (a * w).sum((1, 2)) / n
+    mb = (b * w).sum((1, 2)) / n
+    da, db = (a - ma[:, None, None]) * w, (b - mb[:, None, None]) * w
+    cov = (da * db).sum((1, 2))
+    den = (da.pow(2).sum((1, 2)) * db.pow(2).sum((1, 2))).sqrt()
+    return torch.where(den > 1e-12, cov / den.clamp_min(1e-12), torch.zeros_like(cov))
+
+
+def map_agreement(model: nn.Module, x: Tensor, augmenter: Augmenter, layer: str, seed: int = 0) -> float:
+    """Mean correlation between each image's carried Grad-CAM map and its strong view's map.
+
+    The views are drawn from a generator seeded with ``seed``, so calling this every epoch
+    on the same images measures how the model's maps change, not the augmentation's.
+    """
+    a = aligned_cams(model, x, augmenter, layer, torch.Generator().manual_seed(seed))
+    return float(pearson(a.map_carried, a.map_strong, a.valid).mean())
+
+
+def cam_grid_figure(a: AlignedCams, augmenter: Augmenter, class_names: list[str], labels: Tensor | None, title: str = ""):  # type: ignore[no-untyped-def]
+    """A matplotlib figure in the spirit of the paper's Fig. 2, one row per image.
+
+    Columns: image | strong view | Grad-CAM of the image | Grad-CAM of the strong view |
+    the image's map carried into the strong view (the L_G target) | |difference| there.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = a.classes.shape[0]
+    imgs = augmenter.denormalize(a.original.images).permute(0, 2, 3, 1).cpu().numpy()
+    views = augmenter.denormalize(a.strong.images).permute(0, 2, 3, 1).cpu().numpy()
+
+    def norm(m: Tensor) -> Tensor:
+        return m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+    carried = norm(a.map_carried * a.valid)
+    strong = norm(a.map_strong)
+    diff = (strong - carried).abs() * a.valid
+    cols = [
+        ("image", None),
+        ("strong view", None),
+        ("Grad-CAM(image)", norm(a.map_original)),
+        ("Grad-CAM(view)", strong),
+        ("image map → view", carried),
+        ("|difference|", diff),
+    ]
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.7 * n), squeeze=False)
+    for i in range(n):
+        pred = class_names[int(a.classes[i])]
+        true = class_names[int(labels[i])] if labels is not None and int(labels[i]) >= 0 else "?"
+        for j, (name, maps) in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.imshow(imgs[i], interpolation="nearest")
+                ax.set_ylabel(f"pred {pred}\ntrue {true}", fontsize=7)
+            elif j == 1:
+                ax.imshow(views[i], interpolation="nearest")
+            else:
+                base = views[i] if j >= 3 else imgs[i]
+                ax.imshow(base.mean(-1), cmap="gray", interpolation="nearest")
+                ax.imshow(maps[i].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Write a matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    io.write_bytes(Path(path), buf.getvalue())
+
+
+def load_run_model(run_dir: Path, checkpoint: str = "best") -> tuple[nn.Module, "object", list[str]]:
+    """(model in eval mode, the run's TrainConfig, class names) from a run directory."""
+    from camssl.config import TrainConfig, from_dict, read_yaml
+    from camssl.errors import UserError
+    from camssl.models import build_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"'{run_dir}' is not a camssl run directory (no config.yaml); pass the --out of a training run")
+    cfg = from_dict(TrainConfig, read_yaml(run_dir / "config.yaml"))
+    path = run_dir / f"{checkpoint}.pt"
+    if not path.exists():
+        raise UserError(f"no {checkpoint}.pt in '{run_dir}' yet (train at least one epoch), or use --checkpoint last")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state["model"] if checkpoint == "best" else (state["ema"] or state["model"])
+    classes = list(state["classes"])
+    model = build_model(cfg.model.name, len(classes), width=cfg.model.width, resize_to=cfg.model.resize_to)
+    model.load_state_dict(weights)
+    return model.eval(), cfg, classes
+
+
+def folder_images(folder: Path, size: int, classes: list[str], n: int) -> tuple[Tensor, Tensor]:
+    """Up to ``n`` images from a folder (recursively); a parent folder named like a class gives the label."""
+    from camssl.data.images import IMAGE_EXTENSIONS, decode_image, stack_hwc
+    from camssl.errors import DataError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder '{folder}' does not exist; pass --images with a folder of images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"no images (.jpg/.png/.bmp/.webp) in '{folder}'")
+    files = files[:n]
+    arrays = [decode_image(p, size) for p in files]
+    labels = torch.tensor([classes.index(p.parent.name) if p.parent.name in classes else -1 for p in files])
+    import numpy as np
+
+    return stack_hwc(np.stack(arrays)), labels
+
+
+def render_run(
+    run_dir: Path,
+    *,
+    checkpoint: str = "best",
+    images: Path | None = None,
+    n: int = 8,
+    layer: str | None = None,
+    out: Path | None = None,
+    seed: int = 0,
+) -> Path:
+    """``camssl cam``: a CAM grid of a trained run, written as PNG; returns its path."""
+    from camssl.data import load_data
+    from camssl.errors import ConfigError
+
+    model, cfg, classes = load_run_model(run_dir, checkpoint)
+    layer = layer or cfg.method.layers[0]
+    try:
+        model.get_submodule(layer)
+    except AttributeError:
+        raise ConfigError(f"unknown layer '{layer}' for {cfg.model.name}; valid stages: {', '.join(model.stages)}") from None
+    if images is not None:
+        x, y = folder_images(Path(images), cfg.data.image_size, classes, n)
+    else:
+        bundle = load_data(cfg.data, seed=cfg.split.seed)
+        classes = bundle.test.classes
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(bundle.test), generator=g)[:n]
+        x, y = bundle.test.images[idx], bundle.test.labels[idx]
+    augmenter = Augmenter(cfg.augment)
+    aligned = aligned_cams(model, x, augmenter, layer, torch.Generator().manual_seed(seed))
+    agree = float(pearson(aligned.map_carried, aligned.map_strong, aligned.valid).mean())
+    fig = cam_grid_figure(
+        aligned, augmenter, classes, y, f"{cfg.method.name} ({checkpoint}.pt), Grad-CAM at {layer}, agreement {agree:.2f}"
+    )
+    out = Path(out) if out else Path(run_dir) / "figures" / f"cam_{checkpoint}_{layer}.png"
+    save_figure(fig, out)
+    return out
