@@ -19,6 +19,7 @@ TINY = [
     "optim.batch_size=32",
     "optim.epochs=3",
     "cam_grid=false",
+    "threads=1",  # two threads on a busy 2-core machine are several times slower than one
 ]
 
 

@@ -2,7 +2,11 @@
 
     camssl train [--config demo|cpu|paper|FILE] [shortcuts] [section.key=value ...]
     camssl train --resume RUN_DIR
+    torchrun --nproc-per-node N -m camssl train ...          N processes (GPUs), same global batch
     camssl config [--config ...] [section.key=value ...]     print the resolved config
+    camssl cam RUN_DIR [--images DIR] [--layer L]             Grad-CAM grid of a trained run
+    camssl sweep SPEC --out DIR [--jobs N]                     a grid of runs (resumable)
+    camssl table SWEEP_DIR                                     tables, paired CIs, figure
     camssl download cifar10 DIR
 
 Errors a user can cause are printed as one line (``error: ...``) with exit status 2;
@@ -85,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="PNG path [RUN_DIR/figures/cam_<checkpoint>_<layer>.png]")
     p.add_argument("--seed", type=int, default=0, help="picks the images and the strong views [0]")
 
+    from camssl.experiments import add_sweep_arguments, add_table_arguments
+
+    p = sub.add_parser("sweep", parents=[common], help="run a grid of training runs (resumable; Table I of the paper)")
+    add_sweep_arguments(p)
+    p = sub.add_parser("table", parents=[common], help="Table I/II, paired CIs and Figure 3 of a sweep")
+    add_table_arguments(p)
+
     p = sub.add_parser("download", parents=[common], help="download a data set (needs internet)")
     p.add_argument("dataset", choices=["cifar10"])
     p.add_argument("dir", help="destination folder")
@@ -141,17 +152,46 @@ def cmd_cam(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "cam": cmd_cam, "download": cmd_download}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from camssl.experiments import cmd_sweep as run
+
+    return run(args)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from camssl.experiments import cmd_table as run
+
+    return run(args)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "config": cmd_config,
+    "cam": cmd_cam,
+    "sweep": cmd_sweep,
+    "table": cmd_table,
+    "download": cmd_download,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes the section.key=value overrides in one run; accept them between flags too
+    # (camssl train optim.lr=0.05 --epochs 3 seed=1)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        from camssl.distributed import is_main_process
+
+        if is_main_process():  # under torchrun every rank meets the same error; rank 0 reports it
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with: camssl train --resume RUN_DIR", file=sys.stderr)

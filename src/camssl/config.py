@@ -13,6 +13,7 @@ there), so ``camssl train --config cpu`` works from any directory.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU
     deterministic: bool = False  # torch.use_deterministic_algorithms for bit-exact reruns
+    sync_bn: bool = False  # multi-process CUDA runs: synchronise BatchNorm statistics in every step
+    record_indices: bool = False  # write indices.json: the samples each process used in epoch 1
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
     eval_batch_size: int = 250
     eval_every: int = 1  # validate every N epochs (and always after the last)
@@ -203,6 +206,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -239,6 +245,8 @@ def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
             raise ConfigError(f"{key}={value!r} is invalid: expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads exponents without a dot (1e-4, 5e+3) as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} is invalid: expected a number")
         return float(value)
@@ -268,7 +276,8 @@ def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """Names of the shipped training presets (sweep specs, which have a ``sweep:`` section, excluded)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if "sweep" not in read_yaml(p))
 
 
 def resolve_preset(name_or_path: str) -> Path:
@@ -359,6 +368,8 @@ def load_yaml_tree(preset: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _seen:
         raise ConfigError(f"config '{path}' inherits from itself through 'base:'")
     data = read_yaml(path)
+    if "sweep" in data:
+        raise ConfigError(f"'{path}' is a sweep spec, not a training config; run it with: camssl sweep {preset}")
     base = data.pop("base", None)
     if base is None:
         return data

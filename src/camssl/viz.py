@@ -43,11 +43,12 @@ def aligned_cams(model: nn.Module, x: Tensor, augmenter: Augmenter, layer: str, 
         original = augmenter.original(x)
         strong = augmenter.strong(x, gen)
         with torch.enable_grad():
-            logits, feats = model(original.images, taps=[layer])
+            # inputs that require grad give the graph even for a frozen model (an EMA copy)
+            logits, feats = model(original.images.detach().requires_grad_(), taps=[layer])
             probs = torch.softmax(logits.detach().float(), 1)
             classes = probs.argmax(1)
             m_orig = grad_cam(logits, feats, classes, mode="detach-weights", model=model)[layer].detach()
-            logits_s, feats_s = model(strong.images, taps=[layer])
+            logits_s, feats_s = model(strong.images.detach().requires_grad_(), taps=[layer])
             m_strong = grad_cam(logits_s, feats_s, classes, mode="detach-weights", model=model)[layer].detach()
         carried, valid = carry(m_orig[:, None], strong.theta, size)
         return AlignedCams(

@@ -1,0 +1,229 @@
+"""Multi-process training: 2 CPU processes with gloo, launched by torchrun as a user would.
+
+What is checked, and why the tolerances are what they are:
+
+- DDP's gradients for every method's step (Grad-CAM in both gradient modes included, i.e.
+  with the double backward) equal the average of the ranks' own gradients, to float
+  rounding, over two consecutive steps; and with BatchNorm in eval mode (samples
+  independent) W processes reproduce ONE process's gradient of the whole global batch.
+  This is the exact statement of "same global batch" (tests/ddp_grad_check.py).
+- A real `camssl train` under torchrun finishes, only rank 0 prints and writes (one set of
+  files, one TensorBoard event file with the scalars and the CAM images), the ranks took
+  disjoint shares of every global batch, and together exactly the batches a one-process
+  run takes (indices.json, written with record_indices=true from the indices each rank
+  actually used).
+- Both ranks SIGKILLed after the first checkpoint: `torchrun ... --resume` reproduces the
+  uninterrupted 2-process run to 1e-6 (every rank gets its own RNG state back).
+- Its numbers are close to a one-process run with the same global batch, but not equal:
+  in train mode BatchNorm normalises each rank's 16 images with their own statistics
+  instead of all 32 (measured: the first-step loss moves by ~0.02, and the tiny, chaotic
+  runs drift apart from there). So the first epoch's mean training loss must agree within
+  0.05 (measured differences 0.000-0.024 over seeds 0-2), and validation / test accuracy
+  within 6 points on 500 images (measured differences 0.6-1.8 points; a broken shard,
+  reduction or gradient sync gives chance-level or wildly different numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from camssl.config import load_config
+from camssl.trainer import train
+
+HERE = Path(__file__).parent
+TINY = ["--width", "0.125", "--labeled", "200", "--ratio", "1", "--epochs", "2",
+        "optim.batch_size=32", "threads=1"]
+
+
+def torchrun_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(torchrun_cmd(*args), capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(proc.name))
+    return out
+
+
+def test_ddp_gradients_are_those_of_data_parallel_sgd(tmp_path):
+    out = tmp_path / "grads.json"
+    proc = torchrun(str(HERE / "ddp_grad_check.py"), str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for case in ("supervised", "pseudo_label", "gradcam_full_layer3", "gradcam_detach_layer3",
+                 "gradcam_full_layer4_closed_form"):
+        assert report[case] < 1e-5, (case, report[case])  # relative to the largest gradient entry
+    assert report["global_batch_eval_bn"] < 1e-4, report
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same supervised run (unaugmented labeled view) with 2 processes and with 1."""
+    root = tmp_path_factory.mktemp("ddp")
+    args = [*TINY, "--method", "supervised", "labeled_view=original", "record_indices=true"]
+    proc = torchrun("-m", "camssl", "train", "--out", str(root / "ddp"), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = load_config("demo", [
+        "model.width=0.125", "split.n_labeled=200", "split.ratio=1", "optim.epochs=2", "optim.batch_size=32",
+        "threads=1", "method.name=supervised", "labeled_view=original", "record_indices=true", "cam_grid=false",
+    ])
+    train(single, root / "single", log=lambda s: None)
+    return root / "ddp", root / "single", proc
+
+
+def test_two_processes_finish_and_only_rank_0_writes(runs):
+    ddp, _, proc = runs
+    result = json.loads((ddp / "result.json").read_text())
+    assert result["world_size"] == 2 and result["epochs"] == 2 and result["steps"] == 12
+    assert result["n_test"] == 500 and result["n_val"] == 500  # evaluation covers the whole sets
+    assert proc.stdout.count("epoch   1/2") == 1 and proc.stdout.count("test accuracy") == 1
+    assert "x 2 processes (gloo)" in proc.stdout
+    assert sorted(p.name for p in ddp.iterdir()) == [
+        "best.pt", "config.yaml", "figures", "indices.json", "last.pt", "metrics.jsonl", "result.json",
+        "split.json", "tb",
+    ]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((ddp / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(ddp / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert {"train/loss", "val/val_acc", "test/test_acc"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("val/val_acc")] == [1, 2]
+    assert acc.Tags()["images"] == ["cam/layer3"] and len(acc.Images("cam/layer3")) == 2  # epoch 0 and final
+    assert {p.name for p in (ddp / "figures").iterdir()} == {"cam_epoch_0.png", "cam_final.png"}
+
+
+def test_ranks_take_disjoint_shares_of_the_same_global_batches(runs):
+    ddp, single, _ = runs
+    rec = json.loads((ddp / "indices.json").read_text())
+    one = json.loads((single / "indices.json").read_text())
+    assert rec["world"] == 2 and one["world"] == 1
+    r0, r1 = rec["labeled"]
+    (whole,) = one["labeled"]
+    assert len(r0) == len(r1) == len(whole) == 6  # steps in epoch 1
+    for step, (a, b, both) in enumerate(zip(r0, r1, whole)):
+        assert len(a) == len(b) == 16, step  # each rank: half of the global batch of 32
+        assert not set(a) & set(b), step
+        assert sorted(a + b) == sorted(both), step  # together: the one-process run's batch
+    seen0, seen1 = {i for s in r0 for i in s}, {i for s in r1 for i in s}
+    assert not seen0 & seen1 and len(seen0) + len(seen1) == 192  # disjoint over the whole epoch
+    split = json.loads((ddp / "split.json").read_text())
+    assert seen0 | seen1 <= set(split["labeled"])
+
+
+def test_result_is_close_to_one_process_with_the_same_global_batch(runs):
+    ddp, single, _ = runs
+    a, b = (json.loads((d / "result.json").read_text()) for d in (ddp, single))
+    ha, hb = ([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (ddp, single))
+    assert abs(ha[0]["loss"] - hb[0]["loss"]) < 0.05, (ha[0]["loss"], hb[0]["loss"])
+    for key in ("val_acc", "test_acc"):
+        assert abs(a[key] - b[key]) <= 0.06, (key, a[key], b[key])
+    assert json.loads((ddp / "split.json").read_text())["labeled"] == json.loads(
+        (single / "split.json").read_text())["labeled"]
+
+
+def test_gradcam_full_mode_trains_in_two_processes(tmp_path):
+    """Grad-CAM (full mode, autograd layer: double backward) end to end; --resume of a finished run keeps it."""
+    run = tmp_path / "gc"
+    args = ["--width", "0.125", "--labeled", "64", "--ratio", "1", "--epochs", "1", "--method", "gradcam",
+            "--layer", "layer3", "optim.batch_size=32", "method.grad_mode=full", "cam_grid=false", "threads=1"]
+    proc = torchrun("-m", "camssl", "train", "--out", str(run), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["loss_g"] > 0 and 0 <= record["val_acc"] <= 1
+    proc = torchrun("-m", "camssl", "train", "--resume", str(run))
+    assert proc.returncode == 0 and "already finished" in proc.stdout, proc.stderr[-3000:]
+
+
+def rank0_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one error line (printed by rank 0 only; torchrun then adds its own failure summary)."""
+    assert proc.returncode != 0
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr.split("error:")[0]  # no worker traceback before it
+    return errors[0]
+
+
+def test_a_global_batch_that_cannot_be_shared_is_refused_on_one_line(tmp_path):
+    proc = torchrun("-m", "camssl", "train", "--out", str(tmp_path / "r"), "--method", "supervised", "--width",
+                    "0.125", "--labeled", "200", "--epochs", "1", "optim.batch_size=33", "threads=1", timeout=120)
+    err = rank0_error(proc)
+    assert "optim.batch_size = 33" in err and "multiple of 2" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_errors_found_by_rank_0_stop_every_rank(runs, tmp_path):
+    """A check only rank 0 makes (the run directory; the data, loaded there first) ends all ranks."""
+    ddp, _, _ = runs
+    before = {p.name: p.stat().st_mtime_ns for p in ddp.iterdir()}
+    err = rank0_error(torchrun("-m", "camssl", "train", "--out", str(ddp), "threads=1", timeout=120))
+    assert "already holds a run" in err
+    assert {p.name: p.stat().st_mtime_ns for p in ddp.iterdir()} == before
+    err = rank0_error(torchrun("-m", "camssl", "train", "--data", str(tmp_path / "nowhere"),
+                               "--out", str(tmp_path / "r"), "threads=1", timeout=120))
+    assert "does not exist" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
+def test_sigkilled_two_process_run_resumes_exactly(tmp_path):
+    """Both ranks SIGKILLed after the first checkpoint; torchrun --resume gives the uninterrupted run's numbers.
+
+    pseudo_label draws augmentations from each rank's own generator, so this fails unless
+    every rank gets its own RNG state back from the checkpoint (written by rank 0 only); the
+    EMA (evaluated) and the averaged BatchNorm statistics must come back too.
+    """
+    args = ["--width", "0.125", "--labeled", "320", "--ratio", "1", "--epochs", "2", "--method", "pseudo_label",
+            "optim.batch_size=32", "optim.ema_decay=0.9", "deterministic=true", "cam_grid=false", "threads=1"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    proc = torchrun("-m", "camssl", "train", "--out", str(full), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    launcher = subprocess.Popen(torchrun_cmd("-m", "camssl", "train", "--out", str(killed), *args),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 300
+    while not (killed / "last.pt").exists():
+        assert launcher.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    workers = child_pids(launcher.pid)
+    assert len(workers) == 2
+    for pid in workers:  # the training processes die at once, wherever they are
+        os.kill(pid, signal.SIGKILL)
+    launcher.wait(timeout=60)
+    import torch
+
+    state = torch.load(killed / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["rng_ranks"]) == 2 and not (killed / "result.json").exists()
+
+    proc = torchrun("-m", "camssl", "train", "--resume", str(killed))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "after epoch 1" in proc.stdout
+    a, b = (json.loads((d / "result.json").read_text()) for d in (full, killed))
+    for key in ("test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "test_loss", "steps"):
+        assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    ra, rb = ([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, killed))
+    for key in ("loss", "loss_p", "pl_acc", "val_acc"):
+        assert rb[1][key] == pytest.approx(ra[1][key], abs=1e-6), key
