@@ -7,6 +7,7 @@
     camssl cam RUN_DIR [--images DIR] [--layer L]             Grad-CAM grid of a trained run
     camssl sweep SPEC --out DIR [--jobs N]                     a grid of runs (resumable)
     camssl table SWEEP_DIR                                     tables, paired CIs, figure
+    camssl bench [--quick]                                     step cost per method (docs/benchmarks.md)
     camssl download cifar10 DIR
 
 Errors a user can cause are printed as one line (``error: ...``) with exit status 2;
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", parents=[common], help="Table I/II, paired CIs and Figure 3 of a sweep")
     add_table_arguments(p)
 
+    from camssl.bench import add_bench_arguments
+
+    p = sub.add_parser("bench", parents=[common], help="training-step cost per method and layer (docs/benchmarks.md)")
+    add_bench_arguments(p)
+
     p = sub.add_parser("download", parents=[common], help="download a data set (needs internet)")
     p.add_argument("dataset", choices=["cifar10"])
     p.add_argument("dir", help="destination folder")
@@ -158,6 +164,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from camssl.bench import cmd_bench as run
+
+    return run(args)
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from camssl.experiments import cmd_table as run
 
@@ -170,6 +182,7 @@ COMMANDS = {
     "cam": cmd_cam,
     "sweep": cmd_sweep,
     "table": cmd_table,
+    "bench": cmd_bench,
     "download": cmd_download,
 }
 

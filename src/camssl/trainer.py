@@ -853,8 +853,14 @@ class Trainer:
         return self._evaluate(model, self.test_images, self.test_labels)
 
     def diagnostic_batch(self, n: int) -> tuple[Tensor, Tensor]:
-        """A fixed batch of validation images (the same every epoch) for map diagnostics."""
-        idx = self.split.val[:n].to(self.device)
+        """A fixed batch of validation images (the same every epoch) for map diagnostics.
+
+        Evenly spaced over the validation indices, so a class-ordered data set (an image
+        folder) still gives a batch of many classes.
+        """
+        val = self.split.val
+        picks = torch.linspace(0, len(val) - 1, min(n, len(val))).round().long()
+        idx = val[picks].to(self.device)
         return self.images[idx], self.labels[idx]
 
     def map_agreement(self) -> float:
