@@ -28,7 +28,8 @@ def test_train_prints_progress_and_result(gradcam_run, capsys):
         with Image.open(gradcam_run / "figures" / name) as im:
             assert im.size[0] > 300 and im.size[1] > 300
     records = [json.loads(l) for l in (gradcam_run / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss_s", "loss_p", "loss_g", "mask_rate", "pl_acc", "map_agreement"} <= set(records[0])
+    assert {"loss_s", "loss_p", "loss_g", "mask_rate", "pl_acc", "map_agreement", "blank_maps"} <= set(records[0])
+    assert 0.0 <= records[0]["blank_maps"] <= 1.0
     assert -1.0 <= records[0]["map_agreement"] <= 1.0
 
 

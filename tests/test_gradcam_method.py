@@ -144,3 +144,21 @@ def test_threshold_masks_l_p_and_l_g_and_rampup():
     assert float(out.metrics["loss_p"]) == 0.0 and float(out.metrics["loss_g"]) == 0.0
     method = METHODS["gradcam"](MethodConfig(name="gradcam", gamma=2.0, gamma_rampup_epochs=4))
     assert method.gamma_at(0) == 0.0 and method.gamma_at(1) == 0.5 and method.gamma_at(10) == 2.0
+
+
+def test_map_diagnostics_on_known_cases(monkeypatch):
+    from camssl.viz import map_diagnostics
+
+    torch.manual_seed(0)
+    model = PointwiseNet()
+    aug = Augmenter(AugmentConfig())
+    monkeypatch.setattr(aug, "strong", aug.weak)  # exactly equivariant maps under these views
+    x = smooth_images(8)
+    d = map_diagnostics(model, x, aug, "layer2")
+    assert d["map_agreement"] > 0.999 and d["blank_maps"] == 0.0
+    with torch.no_grad():  # a classifier whose every class score falls with every feature: all maps blank
+        model.layer2.weight.abs_()
+        model.layer2.bias.fill_(1.0)
+        model.fc.weight.copy_(-model.fc.weight.abs())
+    d = map_diagnostics(model, x, aug, "layer2")
+    assert d["blank_maps"] == 1.0 and d["map_agreement"] == 0.0

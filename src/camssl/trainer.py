@@ -863,9 +863,9 @@ class Trainer:
         idx = val[picks].to(self.device)
         return self.images[idx], self.labels[idx]
 
-    def map_agreement(self) -> float:
+    def map_diagnostics(self) -> dict[str, float]:
         x, _ = self.diagnostic_batch(64)
-        return map_agreement(self.eval_model(), x, self.augmenter, self.cfg.method.layers[0], seed=self.cfg.seed)
+        return map_diagnostics(self.eval_model(), x, self.augmenter, self.cfg.method.layers[0], seed=self.cfg.seed)
 
     def write_cam_grid(self, tag: str) -> None:
         if not (self.cfg.cam_grid and self.dist.main):
@@ -904,7 +904,7 @@ class Trainer:
             self._check_weights()
             record: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, **stats}
             if self.dist.main:  # a diagnostic on 64 fixed images; the replicas are identical
-                record["map_agreement"] = self.map_agreement()
+                record.update(self.map_diagnostics())
             improved = False
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.optim.epochs:
                 val = self.validate()
@@ -935,7 +935,7 @@ class Trainer:
             return
         terms = "  ".join(
             f"{k} {r[k]:.3f}"
-            for k in ("loss_s", "loss_p", "loss_g", "mask_rate", "pl_acc", "map_agreement")
+            for k in ("loss_s", "loss_p", "loss_g", "mask_rate", "pl_acc", "map_agreement", "blank_maps")
             if k in r
         )
         val = f"val {fmt_pct(r.get('val_acc'))} (best {fmt_pct(self.best['val_acc'])} @{self.best['epoch']})"

@@ -3,8 +3,8 @@
 :func:`aligned_cams` computes, for a batch, everything Grad-CAM consistency compares:
 the map of the original image, the map of a strong view, the original's map carried
 into the strong view through the view's exact geometry, and the valid-pixel mask.
-:func:`map_agreement` condenses it into one number per batch (the mean Pearson
-correlation of the aligned maps over valid pixels), logged every epoch, and
+:func:`map_diagnostics` condenses it into numbers logged every epoch (the mean Pearson
+correlation of the aligned maps over valid pixels, and the share of blank maps), and
 :func:`cam_grid_figure` draws it like the paper's Fig. 2.
 """
 
@@ -77,14 +77,22 @@ def pearson(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
     return torch.where(den > 1e-12, cov / den.clamp_min(1e-12), torch.zeros_like(cov))
 
 
-def map_agreement(model: nn.Module, x: Tensor, augmenter: Augmenter, layer: str, seed: int = 0) -> float:
-    """Mean correlation between each image's carried Grad-CAM map and its strong view's map.
+def map_diagnostics(model: nn.Module, x: Tensor, augmenter: Augmenter, layer: str, seed: int = 0) -> dict[str, float]:
+    """How consistent the model's Grad-CAM maps are on ``x`` (uint8), in eval mode.
 
-    The views are drawn from a generator seeded with ``seed``, so calling this every epoch
-    on the same images measures how the model's maps change, not the augmentation's.
+    ``map_agreement``: mean Pearson correlation between each image's map carried into its
+    strong view and the strong view's own map, over valid pixels (a blank map counts 0).
+    ``blank_maps``: the share of images whose map is all zero (ReLU of a non-positive
+    weighted sum) — a consistency loss can be lowered by such maps, so watch it.
+    The views come from a generator seeded with ``seed``, so calling this every epoch on
+    the same images measures how the model's maps change, not the augmentation's.
     """
     a = aligned_cams(model, x, augmenter, layer, torch.Generator().manual_seed(seed))
-    return float(pearson(a.map_carried, a.map_strong, a.valid).mean())
+    blank = a.map_original.flatten(1).amax(1) <= 0
+    return {
+        "map_agreement": float(pearson(a.map_carried, a.map_strong, a.valid).mean()),
+        "blank_maps": float(blank.float().mean()),
+    }
 
 
 def cam_grid_figure(a: AlignedCams, augmenter: Augmenter, class_names: list[str], labels: Tensor | None, title: str = ""):  # type: ignore[no-untyped-def]
