@@ -55,7 +55,7 @@ from camssl.distributed import Dist
 from camssl.errors import ConfigError, UserError
 from camssl.methods import METHODS, Batch, Method, StepContext
 from camssl.models import build_model
-from camssl.viz import aligned_cams, cam_grid_figure, map_agreement, save_figure
+from camssl.viz import aligned_cams, cam_grid_figure, map_diagnostics, save_figure
 
 CHECKPOINT_FORMAT = 1
 RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "last.pt", "best.pt", "result.json")
