@@ -65,3 +65,8 @@ def test_base_inheritance_and_unknown_preset(tmp_path):
     assert cfg.optim.epochs == 3 and cfg.split.n_labeled == 5000
     with pytest.raises(ConfigError, match="demo"):
         load_config("no-such-preset")
+
+
+def test_a_sweep_spec_is_not_a_training_config():
+    with pytest.raises(ConfigError, match="camssl sweep"):
+        load_config("table1-cpu")

@@ -353,6 +353,8 @@ def load_config(
     tree: dict[str, Any] = {}
     if preset:
         tree = load_yaml_tree(preset)
+        if "sweep" in tree:
+            raise ConfigError(f"'{preset}' is a sweep spec, not a training config; run it with: camssl sweep {preset}")
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     for k, v in (overrides or {}).items():
@@ -368,8 +370,6 @@ def load_yaml_tree(preset: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _seen:
         raise ConfigError(f"config '{path}' inherits from itself through 'base:'")
     data = read_yaml(path)
-    if "sweep" in data:
-        raise ConfigError(f"'{path}' is a sweep spec, not a training config; run it with: camssl sweep {preset}")
     base = data.pop("base", None)
     if base is None:
         return data
