@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from camssl import io
 from camssl.errors import UserError
+from camssl.trainer import pick_device
 
 __all__ = ["add_bench_arguments", "cmd_bench", "main", "run_bench", "BenchOptions"]
 
@@ -717,14 +718,6 @@ def _preset_width() -> float | None:
         return None
 
 
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
-
-
 def machine_info(device: torch.device) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -790,7 +783,7 @@ def run_bench(o: BenchOptions, checkpoint: Callable[[BenchResult], None] | None 
     before the "what we tried" experiments, so that a failure there loses nothing.
     """
     t0 = time.time()
-    device = _pick_device(o.device)
+    device = pick_device(o.device, option="--device ")
     channels_last = o.channels_last == "on" or (o.channels_last == "auto" and device.type == "cuda")
     captum = _captum_status() if o.reference else None
     batch, data = _make_batch(o, device)

@@ -75,11 +75,12 @@ class TrainingError(UserError):
 # ---------------------------------------------------------------- small helpers
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, option: str = "device=") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``option`` is how the user set it (for the error)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} asked for but CUDA is not available; use device=cpu or device=auto")
+        raise UserError(f"{option}{name} asked for but CUDA is not available; use {option}cpu or {option}auto")
     return torch.device(name)
 
 
