@@ -23,7 +23,7 @@ def test_bench_writes_report(tmp_path, capsys):
         assert section in text, section
     assert "camssl bench --quick" in text  # the command that produced it
     steps = ["supervised", "pseudo_label", "gradcam @ layer3 full", "gradcam @ layer3 detach-weights", "views only"]
-    if bench._captum_status() is None:  # captum is a test extra; without it the reference is skipped
+    if bench.captum_status() is None:  # captum is a test extra; without it the reference is skipped
         steps.append("reference (captum) @ layer3")
     for step in steps:
         assert f"| {step}" in text, step

@@ -469,6 +469,20 @@ def test_table_with_missing_runs_pairs_only_the_seeds_both_have(tmp_path):
     assert "## Missing runs (2)" in md and "`baseline/supervised/s1`" in md and "19 of 21 finished" in md
 
 
+def test_regenerating_the_tables_keeps_the_hand_written_reading(tmp_path):
+    out = fake_sweep(tmp_path)
+    E.write_tables(out)
+    md = (out / "results.md").read_text()
+    assert E.READING_BEGIN in md and E.READING_END in md
+    reading = "## Reading\n\nGrad-CAM helps at layer3 here; the intervals say how much."
+    (out / "results.md").write_text(md.replace(E.READING_END, reading + "\n" + E.READING_END))
+    (out / "r0.5" / "gradcam-layer3" / "s0" / "result.json").unlink()  # the numbers change, the reading stays
+    E.write_tables(out)
+    md = (out / "results.md").read_text()
+    assert md.count(reading) == 1 and "## Missing runs (1)" in md
+    assert md.index("# Results") < md.index(reading) < md.index("## Table I")
+
+
 def test_table_of_a_directory_without_a_sweep_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="holds no sweep.json"):
         E.cmd_table(table_args(str(tmp_path)))

@@ -56,3 +56,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def kept_section(path: Path, begin: str, end: str) -> str | None:
+    """The text between the markers ``begin`` and ``end`` of an existing file, if any.
+
+    Generated reports (docs/benchmarks.md, a sweep's results.md) carry hand-written parts
+    between such markers; regenerating the file keeps them.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    if begin in text and end in text.split(begin, 1)[1]:
+        inner = text.split(begin, 1)[1].split(end, 1)[0]
+        return inner.strip("\n") or None
+    return None

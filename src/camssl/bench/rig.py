@@ -1,0 +1,226 @@
+"""The benchmark rig (one model, optimiser, augmenter and batch) and the step types it times."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from camssl.bench.options import IMAGE_SIZE, MODEL, NUM_CLASSES, BenchOptions
+
+
+def load_images(n: int, seed: int) -> tuple[Tensor, Tensor, str]:
+    """``n`` uint8 images and labels of the embedded mini CIFAR-10 (random images if it is unreadable)."""
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        from camssl.data.mini import load_mini
+
+        train = load_mini(IMAGE_SIZE).train
+        index = torch.randperm(len(train.images), generator=gen)[:n]
+        while len(index) < n:  # more images asked for than the set holds: repeat it
+            index = torch.cat([index, index])[:n]
+        return train.images[index].contiguous(), train.labels[index].clone(), "embedded mini CIFAR-10 images"
+    except Exception:  # noqa: BLE001 - the benchmark only needs pixels
+        images = torch.randint(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=gen)
+        return images, torch.randint(0, NUM_CLASSES, (n,), generator=gen), "random uint8 images"
+
+
+class Rig:
+    """A model, its SGD optimiser, an augmenter and one fixed batch on ``device``.
+
+    :meth:`train_step` builds the step the trainer runs (``method.step`` under autocast,
+    ``zero_grad``, ``backward``, SGD step). All step types of a table share one rig, so
+    they run on the same weights, which keep training (at a small learning rate) as
+    steps are timed.
+    """
+
+    def __init__(self, width: float, batch: Any, device: torch.device, channels_last: bool, seed: int) -> None:
+        from camssl.augment import AugmentConfig, Augmenter
+        from camssl.models import build_model
+
+        torch.manual_seed(seed)
+        self.width = width
+        self.device = device
+        self.channels_last = channels_last
+        model = build_model(MODEL, NUM_CLASSES, width=width).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model: nn.Module = model.train()
+        self.base_model = model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        self.augmenter = Augmenter(AugmentConfig(), device)
+        self.generator = torch.Generator().manual_seed(seed + 2)  # like the trainer's aug_gen (CPU)
+        self.batch = batch
+        self.amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def context(self, model: nn.Module | None = None) -> Any:
+        from camssl.methods import StepContext
+
+        return StepContext(
+            model=model if model is not None else self.model,
+            augmenter=self.augmenter,
+            generator=self.generator,
+            epoch=1.0,
+            labeled_view="weak",
+            channels_last=self.channels_last,
+        )
+
+    def init_optimizer_state(self) -> None:
+        """Create the momentum buffers now, so that no step type pays for them."""
+        for p in self.model.parameters():
+            p.grad = torch.zeros_like(p)
+        lr = [g["lr"] for g in self.optimizer.param_groups]
+        for g in self.optimizer.param_groups:
+            g["lr"] = 0.0
+        self.optimizer.step()
+        for g, value in zip(self.optimizer.param_groups, lr):
+            g["lr"] = value
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train_step(self, method: Any, model: nn.Module | None = None) -> Callable[[bool], None]:
+        """The trainer's step with ``method``; ``step(True)`` marks its phases for the profiler."""
+        from torch.profiler import record_function
+
+        def step(profiled: bool = False) -> None:
+            mark = record_function if profiled else _no_mark
+            ctx = self.context(model)
+            if profiled:
+                ctx = _MarkedViews(ctx)
+            with self.autocast(), mark("bench.method_step"):
+                out = method.step(ctx, self.batch)
+            with mark("bench.backward"):
+                self.optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+            with mark("bench.optimizer"):
+                self.optimizer.step()
+
+        return step
+
+    def views_step(self, anchor: str) -> Callable[[bool], None]:
+        """The three views of one ``pseudo_label``/``gradcam`` step (labeled weak, anchor, strong)."""
+
+        def step(profiled: bool = False) -> None:
+            ctx = self.context()
+            ctx.view(ctx.labeled_view, self.batch.x_l)
+            ctx.view(anchor, self.batch.x_u)
+            ctx.view("strong", self.batch.x_u)
+
+        return step
+
+
+@contextlib.contextmanager
+def _no_mark(name: str) -> Iterator[None]:
+    yield
+
+
+class _MarkedViews:
+    """A StepContext whose ``view`` calls show up as ``bench.views`` in a profile."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def view(self, kind: str, x: Tensor) -> Any:
+        from torch.profiler import record_function
+
+        with record_function("bench.views"):
+            return self._ctx.view(kind, x)
+
+
+class CaptumReference:
+    """Grad-CAM consistency built the way a user would without camssl: captum's LayerGradCam.
+
+    Same objective as :class:`camssl.methods.gradcam.GradCAMConsistency` (L_S + L_P on one
+    forward of labeled + strong images, the anchor's argmax as the class of both maps, the
+    anchor's map carried into the strong view, the same normalisation and distance), but
+    each map comes from ``LayerGradCam.attribute(..., relu_attributions=True,
+    grad_kwargs={"create_graph": True})``, which runs its own forward pass and gradient;
+    the anchor's prediction comes from one more (no-grad) forward pass.
+    """
+
+    uses_unlabeled = True
+
+    def __init__(self, cfg: Any, model: nn.Module, layer: str) -> None:
+        from captum.attr import LayerGradCam
+
+        self.cfg = cfg
+        self.layer_gradcam = LayerGradCam(model, model.get_submodule(layer))
+
+    def step(self, ctx: Any, batch: Any) -> Any:
+        from camssl.methods import StepOutput
+        from camssl.methods.gradcam import aligned_maps, map_distance
+        from camssl.methods.pseudo_label import soft_cross_entropy
+
+        cfg = self.cfg
+        n_l = batch.x_l.shape[0]
+        size = (batch.x_u.shape[2], batch.x_u.shape[3])
+        labeled = ctx.view(ctx.labeled_view, batch.x_l)
+        anchor = ctx.view(cfg.anchor, batch.x_u)
+        strong = ctx.view("strong", batch.x_u)
+        with torch.no_grad():
+            probs = F.softmax(ctx.model(anchor.images).float(), dim=1)
+        classes = probs.argmax(1)
+        logits = ctx.model(torch.cat([labeled.images, strong.images]))
+        loss_s = F.cross_entropy(logits[:n_l].float(), batch.y_l)
+        loss_p = soft_cross_entropy(probs, logits[n_l:]).mean()
+        grad_kwargs = {"create_graph": True}
+        map_anchor = self.layer_gradcam.attribute(anchor.images, target=classes, relu_attributions=True,
+                                                  grad_kwargs=grad_kwargs)
+        map_strong = self.layer_gradcam.attribute(strong.images, target=classes, relu_attributions=True,
+                                                  grad_kwargs=grad_kwargs)
+        target, pred, valid = aligned_maps(map_anchor.detach()[:, 0], map_strong[:, 0], anchor, strong, size)
+        loss_g = map_distance(target, pred, valid, cfg.norm, cfg.distance).mean()
+        return StepOutput(cfg.alpha * loss_s + cfg.beta * loss_p + cfg.gamma * loss_g)
+
+
+# ---------------------------------------------------------------- step types
+
+
+@dataclass
+class StepType:
+    key: str  # e.g. "gradcam@layer3/full"
+    label: str  # for tables
+    kind: str  # supervised | pseudo_label | gradcam | reference | views
+    layer: str | None = None
+    mode: str | None = None
+    images: int = 0  # images consumed per step (0: not a training step)
+
+
+def step_types(o: BenchOptions, captum_ok: bool) -> list[StepType]:
+    n = o.batch + o.unlabeled
+    out = [StepType("supervised", "supervised", "supervised", images=o.batch),
+           StepType("pseudo_label", "pseudo_label", "pseudo_label", images=n),
+           StepType("views", "views only (augmentation of a pseudo_label step)", "views")]
+    for layer in o.layers:
+        for mode in o.modes:
+            closed = " (closed form)" if layer == "layer4" else ""
+            out.append(StepType(f"gradcam@{layer}/{mode}", f"gradcam @ {layer} {mode}{closed}", "gradcam", layer, mode, n))
+        if o.reference and captum_ok:
+            out.append(StepType(f"reference@{layer}", f"reference (captum) @ {layer} full", "reference", layer,
+                                "full", n))
+    return out
+
+
+def build_step(rig: Rig, st: StepType, model: nn.Module | None = None) -> Callable[[bool], None]:
+    from camssl.config import MethodConfig
+    from camssl.methods import METHODS
+
+    if st.kind == "views":
+        return rig.views_step(MethodConfig().anchor)
+    if st.kind == "reference":
+        cfg = MethodConfig(name="gradcam", layers=[st.layer or "layer3"], grad_mode="full")
+        return rig.train_step(CaptumReference(cfg, model if model is not None else rig.model, cfg.layers[0]), model)
+    cfg = MethodConfig(name=st.kind, layers=[st.layer or "layer3"], grad_mode=st.mode or "full")
+    return rig.train_step(METHODS[st.kind](cfg), model)

@@ -1,0 +1,330 @@
+"""Running a planned sweep: one subprocess per run, finished runs skipped, killed ones resumed."""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from camssl import io
+from camssl.config import TrainConfig, dump_yaml, from_dict, read_yaml, to_dict
+from camssl.errors import ConfigError, DataError, UserError
+from camssl.experiments.spec import Plan, Run, flatten
+from camssl.machine import cpu_name, usable_cores
+
+# fields that do not change what a run computes: a run dir may differ from the plan in these
+IGNORED_KEYS = ("threads", "progress", "out_dir")
+
+
+def _config_difference(saved: TrainConfig, planned: TrainConfig) -> str | None:
+    a, b = flatten(to_dict(saved)), flatten(to_dict(planned))
+    for key in sorted(set(a) | set(b)):
+        if key in IGNORED_KEYS:
+            continue
+        if a.get(key) != b.get(key):
+            return f"{key}={a.get(key)!r} there, {b.get(key)!r} in the plan"
+    return None
+
+
+def run_state(run_dir: Path, cfg: TrainConfig) -> tuple[str, str]:
+    """("done" | "resume" | "new" | "conflict", detail) of a planned run's directory."""
+    if not (run_dir / "config.yaml").exists():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            return "conflict", f"'{run_dir}' holds files but no run (no config.yaml); move them away"
+        return "new", ""
+    try:
+        saved = from_dict(TrainConfig, read_yaml(run_dir / "config.yaml"))
+    except ConfigError as e:
+        return "conflict", f"its config.yaml is unreadable ({e})"
+    diff = _config_difference(saved, cfg)
+    if diff:
+        return "conflict", (
+            f"'{run_dir}' holds a run with another config ({diff}); give the same spec and overrides "
+            "as when it started, or use another --out"
+        )
+    if (run_dir / "result.json").exists():
+        return "done", ""
+    epochs = len(io.read_jsonl(run_dir / "metrics.jsonl")) if (run_dir / "last.pt").exists() else 0
+    return "resume", f"after epoch {epochs}" if epochs else "from the start"
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(x: Any) -> str:
+    return "—" if not isinstance(x, (int, float)) else f"{100 * x:.1f}%"
+
+
+def _brief(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "no result"
+    return f"val {_pct(result.get('val_acc'))} test {_pct(result.get('test_acc'))}"
+
+
+def _failure_reason(log_path: Path, offset: int, rc: int) -> str:
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    msg = next((l for l in reversed(lines) if l.startswith("error:")), None)
+    if msg is None:
+        msg = next((l for l in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", l)), None)
+    if msg is None:
+        msg = lines[-1] if lines else "no output"
+    if rc < 0:
+        try:
+            how = f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            how = f"killed by signal {-rc}"
+    else:
+        how = f"exit {rc}"
+    msg = msg if len(msg) <= 400 else msg[:397] + "..."
+    return f"{how}: {msg}"
+
+
+@dataclass
+class _Active:
+    run: Run
+    proc: subprocess.Popen[bytes]
+    log_offset: int
+    started: float
+    resumed: str
+
+
+def run_sweep(
+    plan: Plan,
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    only: Sequence[str] = (),
+    dry_run: bool = False,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> int:
+    """Run (or continue) a planned sweep; returns the number of failed runs.
+
+    Finished runs (result.json) are skipped, unfinished ones resumed from their last
+    checkpoint, new ones started; at most ``jobs`` subprocesses at once, each with
+    ``max(1, cores // jobs)`` threads. A failing run does not stop the others.
+    """
+    out = Path(out)
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs} is invalid: run at least 1 at a time")
+    runs = [r for r in plan.runs if not only or any(fnmatch.fnmatch(r.id, p) for p in only)]
+    if not runs:
+        raise UserError(
+            f"--only {' '.join(only)} matches none of the {len(plan.runs)} runs (ids look like r0.5/pseudo_label/s0)"
+        )
+    _check_sources(runs)
+    threads = max(1, usable_cores() // jobs)
+    states = {r.id: run_state(out / r.id, r.config) for r in runs}
+    counts = {k: sum(1 for s, _ in states.values() if s == k) for k in ("done", "resume", "new", "conflict")}
+    total = len(runs)
+    log(
+        f"sweep {out}: {total} runs ({counts['done']} finished, {counts['resume']} to resume, {counts['new']} new"
+        + (f", {counts['conflict']} in conflict" if counts["conflict"] else "")
+        + f"); {jobs} at a time, {threads} thread{'s' if threads > 1 else ''} each"
+    )
+    if dry_run:
+        for r in runs:
+            state, detail = states[r.id]
+            log(f"  {r.id:<34} {state}{' ' + detail if detail else ''}")
+        log("dry run: nothing was started or written")
+        return 0
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".sweep.lock", "w")  # noqa: SIM115 - held (and inherited by the runs) until the sweep ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(
+            f"another camssl sweep is working in '{out}' (or runs it started are still finishing); "
+            "wait for it or stop it first"
+        ) from None
+    try:
+        return _execute(plan, out, runs, states, jobs, threads, lock.fileno(), command, log)
+    finally:
+        lock.close()
+
+
+def _check_sources(runs: Sequence[Run]) -> None:
+    """Fail before anything starts when a run's data is missing (else every run would fail)."""
+    for key in ("source", "test_source"):
+        for src in sorted({getattr(r.config.data, key) for r in runs} - {None, "mini"}):
+            if not Path(src).expanduser().exists():
+                raise DataError(
+                    f"data.{key} '{src}' does not exist; point the sweep at the data, e.g. "
+                    f"camssl sweep SPEC --out DIR data.{key}=/path/to/cifar10"
+                )
+
+
+def _session_record(out: Path, plan: Plan, command: str, jobs: int, threads: int) -> dict[str, Any]:
+    previous = []
+    try:
+        previous = json.loads((out / "sweep.json").read_text()).get("sessions", [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    session = {
+        "command": command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "jobs": jobs,
+        "threads_per_run": threads,
+        "host": platform.node(),
+        "machine": f"{cpu_name()}, {usable_cores()} cores available, {platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+    return {**plan.record(), "sessions": [*previous, session]}
+
+
+def _execute(
+    plan: Plan,
+    out: Path,
+    runs: list[Run],
+    states: dict[str, tuple[str, str]],
+    jobs: int,
+    threads: int,
+    lock_fd: int,
+    command: str,
+    log: Callable[[str], None],
+) -> int:
+    record = _session_record(out, plan, command, jobs, threads)
+    io.write_json(out / "sweep.json", record)
+    t_start = time.time()
+    total = len(runs)
+    done = 0
+    failures: list[tuple[str, str]] = []
+    ran = finished = skipped = 0
+    queue: list[Run] = []
+    for r in runs:
+        state, detail = states[r.id]
+        if state == "done":
+            done += 1
+            skipped += 1
+            log(f"[{done}/{total}] {r.id} already finished ({_brief(read_result(out / r.id))}), skipped")
+        elif state == "conflict":
+            done += 1
+            failures.append((r.id, detail))
+            log(f"[{done}/{total}] {r.id} FAILED: {detail}")
+        else:
+            queue.append(r)
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    active: list[_Active] = []
+
+    def launch(r: Run) -> None:
+        run_dir = out / r.id
+        state, detail = states[r.id]
+        if state == "new":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            io.write_text(run_dir / "config.yaml", dump_yaml(r.config))
+        cmd = [sys.executable, "-m", "camssl", "train", "--resume", str(run_dir)]
+        logf = open(run_dir / "train.log", "ab")  # noqa: SIM115 - closed when the run ends
+        offset = logf.tell()
+        how = "new run" if state == "new" else f"resuming {detail}"
+        logf.write(f"=== camssl sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {how}: {shlex.join(cmd)}\n".encode())
+        logf.flush()
+        try:
+            proc = subprocess.Popen(
+                cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, pass_fds=(lock_fd,)
+            )
+        finally:
+            logf.close()
+        active.append(_Active(r, proc, offset, time.time(), "" if state == "new" else detail))
+
+    def finish(a: _Active, rc: int) -> None:
+        nonlocal done, ran, finished
+        done += 1
+        ran += 1
+        run_dir = out / a.run.id
+        minutes = (time.time() - a.started) / 60
+        result = read_result(run_dir) if rc == 0 else None
+        note = f" (resumed {a.resumed})" if a.resumed else ""
+        if rc == 0 and result is not None:
+            finished += 1
+            log(f"[{done}/{total}] {a.run.id} done in {minutes:.1f} min: {_brief(result)}{note}")
+            return
+        reason = _failure_reason(run_dir / "train.log", a.log_offset, rc) if rc != 0 else "finished without result.json"
+        failures.append((a.run.id, f"{reason} (log: {run_dir / 'train.log'})"))
+        log(f"[{done}/{total}] {a.run.id} FAILED after {minutes:.1f} min: {reason}")
+
+    previous_term = signal.getsignal(signal.SIGTERM)
+    in_main = _in_main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while queue or active:
+            while queue and len(active) < jobs:
+                launch(queue.pop(0))
+            time.sleep(0.2)
+            for a in list(active):
+                rc = a.proc.poll()
+                if rc is not None:
+                    active.remove(a)
+                    finish(a, rc)
+    except KeyboardInterrupt:
+        for a in active:
+            if a.proc.poll() is None:
+                a.proc.terminate()
+        for a in active:
+            try:
+                a.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                a.proc.kill()
+                a.proc.wait()
+        log(
+            f"interrupted: stopped {len(active)} running run(s) at their last checkpoint; "
+            "run the same command again to continue the sweep"
+        )
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous_term)
+        wall = time.time() - t_start
+        record["sessions"][-1].update(
+            finished=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=round(wall, 1), ran=ran, done=finished, skipped=skipped,
+            failed=len(failures),
+        )
+        io.write_json(out / "sweep.json", record)
+
+    log(
+        f"sweep finished in {wall / 60:.1f} min: {finished} run{'' if finished == 1 else 's'} done, "
+        f"{skipped} skipped (already finished), {len(failures)} failed"
+    )
+    if failures:
+        log(f"failed runs ({len(failures)}); run the same command again to retry them:")
+        for rid, why in failures:
+            log(f"  {rid}: {why}")
+    log(f"tables: camssl table {out}")
+    return len(failures)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+

@@ -1,0 +1,562 @@
+"""``camssl table``: Table I, Table II, paired differences and Figure 3 of a sweep directory."""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from camssl import io
+from camssl.errors import UserError
+from camssl.experiments.paper import (
+    PAPER,
+    PAPER_ABLATION,
+    PAPER_BASELINE,
+    PAPER_PROTOCOL,
+    PAPER_TABLE1,
+)
+from camssl.experiments.runner import read_result
+from camssl.experiments.spec import SWEEP_FORMAT, format_ratio
+from camssl.experiments.stats import PairedDiff, Stat, paired_diff
+
+SELECTIONS = ("final", "best-val")
+# a hand-written reading of the results goes between these markers; `camssl table` keeps it
+READING_BEGIN = "<!-- reading:begin (hand-written; kept when camssl table rewrites this file) -->"
+READING_END = "<!-- reading:end -->"
+
+
+@dataclass
+class _Metric:
+    key: str  # "val" | "test"
+    title: str
+
+
+_METRICS = (_Metric("val", "validation accuracy (the paper's metric)"), _Metric("test", "test accuracy"))
+_RULES = {
+    "final": (
+        "**final epoch**: every number is from the weights after the last epoch — its validation "
+        "accuracy (the paper's metric) and its test accuracy (`camssl table --select best-val` gives the "
+        "other rule)."
+    ),
+    "best-val": (
+        "**best validation epoch**: validation accuracy is the best seen during training (what the authors' "
+        "code reports; the maximum over epochs biases it upward) and test accuracy is that of the weights at "
+        "that epoch (model selection on validation data; the test set is never used to choose)."
+    ),
+}
+
+
+def _values(result: dict[str, Any], select: str) -> dict[str, float | None]:
+    if select == "final":
+        v, t = result.get("val_acc"), result.get("test_acc")
+    else:
+        v, t = result.get("best_val_acc"), result.get("test_acc_at_best_val")
+    return {"val": None if v is None else 100 * float(v), "test": None if t is None else 100 * float(t)}
+
+
+@dataclass
+class SweepResults:
+    """The plan of a sweep directory and the results of its finished runs."""
+
+    dir: Path
+    plan: dict[str, Any]
+    results: dict[str, dict[str, Any]]  # run id -> result.json
+
+    @classmethod
+    def load(cls, sweep_dir: str | Path) -> SweepResults:
+        d = Path(sweep_dir)
+        path = d / "sweep.json"
+        if not path.is_file():
+            raise UserError(f"'{d}' holds no sweep.json; give the --out directory of a camssl sweep")
+        try:
+            plan = json.loads(path.read_text())
+        except ValueError as e:
+            raise UserError(f"'{path}' is not valid JSON ({e}); run the sweep again to rewrite it") from None
+        if not isinstance(plan, dict) or plan.get("format") != SWEEP_FORMAT:
+            raise UserError(f"'{path}' is not a camssl sweep plan")
+        results = {}
+        for r in plan["runs"]:
+            res = read_result(d / r["id"])
+            if res is not None:
+                results[r["id"]] = res
+        return cls(d, plan, results)
+
+    def runs(self, **match: Any) -> list[dict[str, Any]]:
+        return [r for r in self.plan["runs"] if all(r.get(k) == v for k, v in match.items())]
+
+    def per_seed(self, setting: str, ratio: float | None, metric: str, select: str) -> dict[int, float]:
+        """seed -> value (%) of one cell's finished runs (ratio None: a baseline)."""
+        out = {}
+        for r in self.plan["runs"]:
+            if r["setting"] != setting or (ratio is not None and r["group"] == "grid" and r["ratio"] != ratio):
+                continue
+            res = self.results.get(r["id"])
+            if res is None:
+                continue
+            v = _values(res, select)[metric]
+            if v is not None:
+                out[int(r["seed"])] = v
+        return out
+
+
+def _settings_by_role(sr: SweepResults) -> tuple[list[str], list[str], list[str]]:
+    """(Table I columns from the grid, ablation settings, baseline settings), in spec order."""
+    roles = {r["setting"]: r["role"] for r in sr.plan["runs"]}
+    columns = [s for s in sr.plan["settings"] if roles.get(s) != "ablation"]
+    ablations = [s for s in sr.plan["settings"] if roles.get(s) == "ablation"]
+    return columns, ablations, list(sr.plan["baselines"])
+
+
+def _layer_of(sr: SweepResults, setting: str) -> str | None:
+    for r in sr.plan["runs"]:
+        if r["setting"] == setting and r["role"] == "gradcam":
+            return r["layer"]
+    return None
+
+
+def _paper_cell(role: str, layer: str | None, ratio: float | None) -> tuple[float, float] | None:
+    if role == "baseline":
+        return PAPER_BASELINE
+    key = next((k for k in PAPER_TABLE1 if ratio is not None and abs(k - ratio) < 1e-9), None)
+    if key is None:
+        return None
+    if role == "gradcam" and layer is not None:
+        return PAPER_TABLE1[key].get(layer)
+    if role == "ablation":
+        return PAPER_ABLATION[key]
+    return None
+
+
+def _ms(st: Stat | None, expected_n: int = 0, digits: int = 2) -> str:
+    """"mean ± std", with "(n=k)" when fewer runs than seeds finished."""
+    if st is None:
+        return "—"
+    if st.std is None:
+        return f"{st.mean:.{digits}f} (n=1)"
+    short = f" (n={st.n})" if st.n < expected_n else ""
+    return f"{st.mean:.{digits}f} ± {st.std:.{digits}f}{short}"
+
+
+def _paper_ms(cell: tuple[float, float] | None) -> str:
+    return "" if cell is None else f" (paper† {cell[0]:.2f} ± {cell[1]:.2f})"
+
+
+def _diff_text(d: PairedDiff | None) -> str:
+    if d is None:
+        return "—"
+    if d.low is None:
+        return f"{d.mean:+.2f} (n=1, no CI)"
+    ci = f"[{d.low:+.2f}, {d.high:+.2f}]"
+    return f"{d.mean:+.2f} {'**' + ci + '**' if d.excludes_zero else ci} (n={d.n})"
+
+
+def _header_label(sr: SweepResults, setting: str) -> str:
+    layer = _layer_of(sr, setting)
+    gradcam_layers = [_layer_of(sr, s) for s in sr.plan["settings"] if _layer_of(sr, s)]
+    return layer if layer and gradcam_layers.count(layer) == 1 else setting
+
+
+def _role_of(sr: SweepResults, setting: str) -> str:
+    return next((r["role"] for r in sr.plan["runs"] if r["setting"] == setting), "other")
+
+
+def build_tables(
+    sr: SweepResults, select: str = "final", reading: str | None = None
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(results.md text, results.csv rows, runs.csv rows) of a sweep.
+
+    ``reading``: hand-written text placed after the header between the READING markers
+    (:func:`write_tables` carries it over from the results.md it replaces).
+    """
+    if select not in SELECTIONS:
+        raise UserError(f"--select {select} is invalid; choose one of: {', '.join(SELECTIONS)}")
+    plan = sr.plan
+    ratios = [float(r) for r in plan["ratios"]]
+    columns, ablations, baselines = _settings_by_role(sr)
+    ablation = ablations[0] if ablations else None
+    baseline = baselines[0] if baselines else None
+    gradcams = [s for s in columns if _role_of(sr, s) == "gradcam"]
+
+    csv_rows: list[dict[str, Any]] = []
+    for rule in SELECTIONS:  # the CSV holds both selection rules; the markdown the chosen one
+        csv_rows += _csv_rows(sr, rule, ratios, columns, gradcams, ablation, baseline)
+
+    md: list[str] = []
+    md += _md_header(sr, select, baseline, ablation)
+    md += [READING_BEGIN, *([reading] if reading else []), READING_END, ""]
+    for m in _METRICS:
+        md += _md_table1(sr, select, m, ratios, columns, baseline)
+    for m in _METRICS:
+        md += _md_table2(sr, select, m, ratios, gradcams, ablation)
+    for m in _METRICS:
+        md += _md_diffs(sr, select, m, ratios, gradcams, ablation, baseline)
+    md += _md_reading(sr, select, ratios, gradcams, ablation, baseline)
+    md += _md_missing(sr)
+    runs_rows = _runs_rows(sr)
+    return "\n".join(md).rstrip() + "\n", csv_rows, runs_rows
+
+
+def _best_gradcam(sr: SweepResults, select: str, ratio: float, gradcams: list[str]) -> str | None:
+    """The Grad-CAM setting with the highest mean validation accuracy at ``ratio``."""
+    scored = []
+    for s in gradcams:
+        st = Stat.of(list(sr.per_seed(s, ratio, "val", select).values()))
+        if st is not None:
+            scored.append((st.mean, s))
+    return max(scored)[1] if scored else None
+
+
+def _csv_rows(
+    sr: SweepResults,
+    select: str,
+    ratios: list[float],
+    columns: list[str],
+    gradcams: list[str],
+    ablation: str | None,
+    baseline: str | None,
+) -> list[dict[str, Any]]:
+    rows = []
+
+    def row(
+        section: str, metric: str, ratio: float | None, setting: str, st: Stat | PairedDiff | None, **kw: Any
+    ) -> None:
+        role = _role_of(sr, setting)
+        paper = kw.pop("paper", _paper_cell(role, _layer_of(sr, setting), ratio) if metric == "val" else None)
+        rec = {
+            "section": section,
+            "metric": metric,
+            "selection": select,
+            "ratio": "" if ratio is None else format_ratio(ratio),
+            "setting": setting,
+            "role": role,
+            "layer": _layer_of(sr, setting) or "",
+            "n": st.n if st else 0,
+            "mean_pct": _num(st.mean if st else None),
+            "std_pct": _num(st.std if st else None),
+            "comparator": kw.get("comparator", ""),
+            "ci95_low_pct": _num(st.low if isinstance(st, PairedDiff) else None),
+            "ci95_high_pct": _num(st.high if isinstance(st, PairedDiff) else None),
+            "paper_mean_pct": _num(paper[0] if paper else None),
+            "paper_std_pct": _num(paper[1] if paper and len(paper) > 1 and paper[1] is not None else None),
+        }
+        rows.append(rec)
+
+    for m in ("val", "test"):
+        for ratio in ratios:
+            for s in [*columns, *([baseline] if baseline else [])]:
+                row("table1", m, ratio, s, Stat.of(list(sr.per_seed(s, ratio, m, select).values())))
+        for ratio in ratios:
+            best = _best_gradcam(sr, select, ratio, gradcams)
+            for s in [x for x in (best, ablation) if x]:
+                row("table2", m, ratio, s, Stat.of(list(sr.per_seed(s, ratio, m, select).values())))
+        for ratio in ratios:
+            for s in gradcams:
+                a = sr.per_seed(s, ratio, m, select)
+                for comp in [x for x in (baseline, ablation) if x]:
+                    d = paired_diff(a, sr.per_seed(comp, ratio, m, select))
+                    row("paired_diff", m, ratio, s, d, comparator=comp,
+                        paper=_paper_diff(sr, s, comp, ratio) if m == "val" else None)
+    return rows
+
+
+def _paper_diff(sr: SweepResults, setting: str, comparator: str, ratio: float) -> tuple[float, None] | None:
+    a = _paper_cell(_role_of(sr, setting), _layer_of(sr, setting), ratio)
+    b = _paper_cell(_role_of(sr, comparator), _layer_of(sr, comparator), ratio)
+    if a is None or b is None:
+        return None
+    return (round(a[0] - b[0], 2), None)
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def _runs_rows(sr: SweepResults) -> list[dict[str, Any]]:
+    rows = []
+    for r in sr.plan["runs"]:
+        res = sr.results.get(r["id"], {})
+        rows.append(
+            {
+                "id": r["id"],
+                "setting": r["setting"],
+                "role": r["role"],
+                "layer": r["layer"] or "",
+                "ratio": "" if r["ratio"] is None else format_ratio(r["ratio"]),
+                "seed": r["seed"],
+                "finished": bool(res),
+                "val_final_pct": _num(_values(res, "final")["val"]) if res else "",
+                "test_final_pct": _num(_values(res, "final")["test"]) if res else "",
+                "val_best_pct": _num(_values(res, "best-val")["val"]) if res else "",
+                "test_at_best_val_pct": _num(_values(res, "best-val")["test"]) if res else "",
+                "best_val_epoch": res.get("best_val_epoch", ""),
+                "epochs": res.get("epochs", ""),
+                "wall_time_s": _num(res.get("wall_time_s")) if res else "",
+                "images_per_s": _num(res.get("images_per_s")) if res else "",
+            }
+        )
+    return rows
+
+
+def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: str | None) -> list[str]:
+    plan = sr.plan
+    n_runs, n_done = len(plan["runs"]), len(sr.results)
+    any_res = next(iter(sr.results.values()), {})
+    cfg = any_res.get("config", {})
+    sessions = plan.get("sessions", [])
+    wall = sum(s.get("wall_s", 0) for s in sessions)
+    train_sum = sum(r.get("wall_time_s", 0) for r in sr.results.values())
+    lines = [
+        f"# Results of the sweep `{sr.dir}`",
+        "",
+        f"- spec: `{plan['spec']}`" + (f", overrides: `{' '.join(plan['overrides'])}`" if plan["overrides"] else ""),
+        f"- runs: {n_done} of {n_runs} finished; seeds {', '.join(map(str, plan['seeds']))}; "
+        f"ratios {', '.join(format_ratio(r) for r in plan['ratios'])}",
+    ]
+    if cfg:
+        m, o, s = cfg.get("model", {}), cfg.get("optim", {}), cfg.get("split", {})
+        lines.append(
+            f"- data: {any_res.get('data')} — {any_res.get('n_labeled')} labeled, unlabeled = ratio × labeled, "
+            f"{any_res.get('n_val')} validation (val_fraction {s.get('val_fraction')}), "
+            f"{any_res.get('n_test')} test images"
+        )
+        lines.append(
+            f"- model: {m.get('name')} width {m.get('width')}; {o.get('epochs')} epochs of "
+            f"{any_res.get('steps', 0) // max(1, any_res.get('epochs', 1))} steps, batch {o.get('batch_size')} labeled "
+            f"+ {o.get('unlabeled_multiplier')}× unlabeled, lr {o.get('lr')} {o.get('schedule')}; "
+            f"device {any_res.get('device')}"
+        )
+    if sessions:
+        last = sessions[-1]
+        lines.append(
+            f"- machine: {last.get('machine')} (host {last.get('host')}); sweep wall time {wall / 3600:.2f} h over "
+            f"{len(sessions)} session(s); sum of the runs' wall times {train_sum / 3600:.2f} h"
+        )
+        lines.append(f"- command: `{last.get('command')}`")
+    lines += [
+        f"- baseline: `{baseline or 'none'}` (supervised only, once per seed, paired with every ratio); "
+        f"ablation: `{ablation or 'none'}` (L_S + L_P, i.e. γ = 0)",
+        "",
+        f"**Model selection:** {_RULES[select]}",
+        "",
+        "Cells are mean ± sample standard deviation (ddof = 1) over seeds, in %. Runs that share a seed share "
+        "the split (same labeled and validation images), so differences are paired by seed.",
+        "",
+        f"**paper†** marks the paper's own number for the same cell ({PAPER}, Tables I and II: validation "
+        f"accuracy). Its protocol is different: {PAPER_PROTOCOL}. It is shown for orientation, not as a like-for-like "
+        "comparison.",
+        "",
+    ]
+    return lines
+
+
+def _md_table1(
+    sr: SweepResults, select: str, m: _Metric, ratios: list[float], columns: list[str], baseline: str | None
+) -> list[str]:
+    cols = [*columns, *([baseline] if baseline else [])]
+    heads = [_header_label(sr, s) if s != baseline else f"baseline ({s})" for s in cols]
+    lines = [f"## Table I — {m.title}, %", ""]
+    if m.key == "test":
+        lines += ["The paper reports no test accuracy (its official test set was never used); its validation "
+                  "numbers are in the table above.", ""]
+    lines += ["| ratio | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cols)]
+    for ratio in ratios:
+        cells = []
+        for s in cols:
+            st = Stat.of(list(sr.per_seed(s, ratio, m.key, select).values()))
+            paper = _paper_cell(_role_of(sr, s), _layer_of(sr, s), ratio) if m.key == "val" else None
+            cells.append(_ms(st, len(sr.plan["seeds"])) + _paper_ms(paper))
+        lines.append(f"| {format_ratio(ratio)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _md_table2(
+    sr: SweepResults, select: str, m: _Metric, ratios: list[float], gradcams: list[str], ablation: str | None
+) -> list[str]:
+    if not gradcams or not ablation:
+        return []
+    lines = [
+        f"## Table II — best Grad-CAM setting vs the pseudo-label ablation (`{ablation}`), {m.title}, %",
+        "",
+        "The best setting per ratio is chosen on mean validation accuracy (also for the test rows, so the "
+        "test set never picks it); choosing the best of several settings favours it slightly.",
+        "",
+    ]
+    paper_cols = " | paper† Grad-CAM | paper† ablation" if m.key == "val" else ""
+    lines += [
+        f"| ratio | best Grad-CAM | Grad-CAM | ablation | paired Δ [95% CI]{paper_cols} |",
+        "|---|---|---|---|---|" + ("---|---|" if m.key == "val" else ""),
+    ]
+    n = len(sr.plan["seeds"])
+    for ratio in ratios:
+        best = _best_gradcam(sr, select, ratio, gradcams)
+        ab = sr.per_seed(ablation, ratio, m.key, select)
+        cells = [format_ratio(ratio), _header_label(sr, best) if best else "—"]
+        if best:
+            a = sr.per_seed(best, ratio, m.key, select)
+            cells += [
+                _ms(Stat.of(list(a.values())), n),
+                _ms(Stat.of(list(ab.values())), n),
+                _diff_text(paired_diff(a, ab)),
+            ]
+        else:
+            cells += ["—", _ms(Stat.of(list(ab.values())), n), "—"]
+        if m.key == "val":
+            key = next((k for k in PAPER_TABLE1 if abs(k - ratio) < 1e-9), None)
+            if key is None:
+                cells += ["—", "—"]
+            else:
+                layer, cell = max(PAPER_TABLE1[key].items(), key=lambda kv: kv[1][0])
+                cells += [f"{cell[0]:.2f} ({layer})", f"{PAPER_ABLATION[key][0]:.2f} ± {PAPER_ABLATION[key][1]:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _md_diffs(
+    sr: SweepResults,
+    select: str,
+    m: _Metric,
+    ratios: list[float],
+    gradcams: list[str],
+    ablation: str | None,
+    baseline: str | None,
+) -> list[str]:
+    comps = [c for c in (baseline, ablation) if c]
+    if not gradcams or not comps:
+        return []
+    lines = [
+        f"## Paired differences — {m.title}, percentage points",
+        "",
+        "Mean over seeds of the per-seed difference, with a two-sided 95% Student-t confidence interval "
+        "(t quantile with n − 1 degrees of freedom). **Bold** intervals exclude zero: a difference larger than "
+        "the seed-to-seed noise (no correction for the number of comparisons).",
+        "",
+    ]
+    head, rule = "| ratio | Grad-CAM |", "|---|---|"
+    for c in comps:
+        label = "baseline" if c == baseline else "ablation"
+        head += f" − {label} Δ [95% CI] |"
+        rule += "---|"
+        if m.key == "val":
+            head += f" paper† − {label} |"
+            rule += "---|"
+    lines += [head, rule]
+    for ratio in ratios:
+        for s in gradcams:
+            a = sr.per_seed(s, ratio, m.key, select)
+            cells = [format_ratio(ratio), _header_label(sr, s)]
+            for c in comps:
+                cells.append(_diff_text(paired_diff(a, sr.per_seed(c, ratio, m.key, select))))
+                if m.key == "val":
+                    p = _paper_diff(sr, s, c, ratio)
+                    cells.append("—" if p is None else f"{p[0]:+.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    if m.key == "val":
+        lines += ["", "paper† differences are differences of the paper's means (unpaired; no interval available)."]
+    return [*lines, ""]
+
+
+def _md_reading(
+    sr: SweepResults, select: str, ratios: list[float], gradcams: list[str], ablation: str | None, baseline: str | None
+) -> list[str]:
+    lines = ["## Summary of the paired comparisons", ""]
+    any_line = False
+    for m in _METRICS:
+        for comp, label in ((baseline, "the supervised baseline"), (ablation, "the pseudo-label ablation")):
+            if not comp or not gradcams:
+                continue
+            diffs = [paired_diff(sr.per_seed(s, r, m.key, select), sr.per_seed(comp, r, m.key, select))
+                     for r in ratios for s in gradcams]
+            diffs = [d for d in diffs if d is not None]
+            if not diffs:
+                continue
+            up = sum(1 for d in diffs if d.excludes_zero and d.mean > 0)
+            down = sum(1 for d in diffs if d.excludes_zero and d.mean < 0)
+            pos = sum(1 for d in diffs if d.mean > 0)
+            lines.append(
+                f"- {m.title.split(' (')[0]}, Grad-CAM − {label}: positive mean in {pos} of {len(diffs)} "
+                f"(ratio, layer) cells; interval above zero in {up}, below zero in {down}."
+            )
+            any_line = True
+    if not any_line:
+        return []
+    return [*lines, ""]
+
+
+def _md_missing(sr: SweepResults) -> list[str]:
+    missing = [r["id"] for r in sr.plan["runs"] if r["id"] not in sr.results]
+    if not missing:
+        return []
+    shown = ", ".join(f"`{m}`" for m in missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+    return [f"## Missing runs ({len(missing)})", "", f"Not finished (left out of every statistic above): {shown}.", ""]
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = _stdio.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def figure3(sr: SweepResults, select: str = "final") -> bytes:
+    """PNG bytes: accuracy vs ratio, one line per Grad-CAM layer plus baseline and ablation, ±1 std bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = [float(r) for r in sr.plan["ratios"]]
+    columns, ablations, baselines = _settings_by_role(sr)
+    lines_spec = [(s, _header_label(sr, s), "-", "o") for s in columns]
+    lines_spec += [(s, f"ablation ({s})", "--", "s") for s in ablations[:1]]
+    lines_spec += [(s, f"baseline ({s})", ":", "^") for s in baselines[:1]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    n = max(1, len(lines_spec))
+    span = (max(ratios) - min(ratios)) if len(ratios) > 1 else 1.0
+    for ax, m in zip(axes, _METRICS, strict=True):
+        for i, (s, label, ls, marker) in enumerate(lines_spec):
+            xs, ys, es = [], [], []
+            for r in ratios:
+                st = Stat.of(list(sr.per_seed(s, r, m.key, select).values()))
+                if st is None:
+                    continue
+                xs.append(r + (i - (n - 1) / 2) * 0.012 * span)  # small offsets keep the bars apart
+                ys.append(st.mean)
+                es.append(st.std or 0.0)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, label=label, linestyle=ls, marker=marker, capsize=3, linewidth=1.4)
+        ax.set_xticks(ratios, [format_ratio(r) for r in ratios])
+        ax.set_xlabel("unlabeled / labeled ratio")
+        ax.set_ylabel("accuracy, %")
+        ax.set_title(m.title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    rule = "final epoch" if select == "final" else "best validation epoch"
+    fig.suptitle(f"Figure 3: accuracy vs ratio (mean ± std over {len(sr.plan['seeds'])} seeds; {rule})", fontsize=11)
+    buf = _stdio.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_tables(sweep_dir: str | Path, out: str | Path | None = None, select: str = "final") -> list[Path]:
+    """Write results.md, results.csv, runs.csv and figure3.png; returns their paths.
+
+    A hand-written reading between the READING markers of an existing results.md in ``out``
+    is kept.
+    """
+    sr = SweepResults.load(sweep_dir)
+    out = Path(out) if out is not None else sr.dir
+    md, rows, runs = build_tables(sr, select, reading=io.kept_section(out / "results.md", READING_BEGIN, READING_END))
+    paths = [out / "results.md", out / "results.csv", out / "runs.csv", out / "figure3.png"]
+    io.write_text(paths[0], md)
+    io.write_text(paths[1], _csv_text(rows))
+    io.write_text(paths[2], _csv_text(runs))
+    io.write_bytes(paths[3], figure3(sr, select))
+    return paths
+
+
