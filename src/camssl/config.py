@@ -182,6 +182,20 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config tree as {"section.key": value} (a non-mapping is {prefix: tree})."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a (possibly partial) dict, strictly typed."""
     if not isinstance(data, dict):

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from camssl import io
 from camssl.augment import Augmenter
-from camssl.config import TrainConfig, dump_yaml, from_dict, read_yaml
+from camssl.config import TrainConfig, dump_yaml, flatten, from_dict, read_yaml
 from camssl.data import DataBundle, Split, load_data, make_split
 from camssl.data.streams import IndexStream
 from camssl.distributed import Dist
@@ -314,27 +314,16 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     return stale
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, value in a, value in b) for the config fields that differ and matter for resuming."""
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten(a), flatten(b)
     missing = object()
     return [
         (k, fa.get(k), fb.get(k))
         for k in sorted(set(fa) | set(fb))
         if k not in RESUMABLE_CHANGES and fa.get(k, missing) != fb.get(k, missing)
         # a field added to the config after the checkpoint was written, at its default, is fine
-        and not (k not in fa and fb.get(k) == _flatten(TrainConfig().to_dict()).get(k))
+        and not (k not in fa and fb.get(k) == flatten(TrainConfig().to_dict()).get(k))
     ]
 
 
@@ -802,7 +791,7 @@ class Trainer:
         kept = (
             f"the last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}"
             if self.epoch > 0
-            else f"no checkpoint was written yet (it diverged in the first epoch)"
+            else "no checkpoint was written yet (it diverged in the first epoch)"
         )
         raise TrainingError(
             f"the loss became {float(value)} at epoch {self.epoch + 1}, step {i + 1} (global step {self.global_step + 1}; "

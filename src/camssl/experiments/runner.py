@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from camssl import io
-from camssl.config import TrainConfig, dump_yaml, from_dict, read_yaml, to_dict
+from camssl.config import TrainConfig, dump_yaml, flatten, from_dict, read_yaml, to_dict
 from camssl.errors import ConfigError, DataError, UserError
-from camssl.experiments.spec import Plan, Run, flatten
+from camssl.experiments.spec import Plan, Run
 from camssl.machine import cpu_name, usable_cores
 
 # fields that do not change what a run computes: a run dir may differ from the plan in these

@@ -13,6 +13,7 @@ from typing import Any
 from camssl.config import (
     PRESET_DIR,
     TrainConfig,
+    flatten,
     from_dict,
     load_yaml_tree,
     parse_override,
@@ -83,19 +84,6 @@ class Plan:
 def format_ratio(ratio: float) -> str:
     """0.5 → "0.5", 1 → "1.0", 0.25 → "0.25" (used in run directory names and tables)."""
     return f"{ratio:.1f}" if abs(ratio * 10 - round(ratio * 10)) < 1e-9 else f"{ratio:g}"
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def _seeds(value: Any, where: str) -> list[int]:

@@ -68,7 +68,7 @@ class GradCAMConsistency(PseudoLabel):
     def step(self, ctx: StepContext, batch: Batch) -> StepOutput:
         assert batch.x_u is not None
         cfg = self.cfg
-        n_l, n_u = batch.x_l.shape[0], batch.x_u.shape[0]
+        n_l = batch.x_l.shape[0]
         size = (batch.x_u.shape[2], batch.x_u.shape[3])
         labeled = ctx.view(ctx.labeled_view, batch.x_l)
         anchor = ctx.view(cfg.anchor, batch.x_u)
