@@ -318,7 +318,7 @@ def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: st
     if cfg:
         m, o, s = cfg.get("model", {}), cfg.get("optim", {}), cfg.get("split", {})
         lines.append(
-            f"- data: {any_res.get('data')} — {any_res.get('n_labeled')} labeled, unlabeled = ratio × labeled, "
+            f"- data: {any_res.get('data')} (`{cfg.get('data', {}).get('source')}`) — {any_res.get('n_labeled')} labeled, unlabeled = ratio × labeled, "
             f"{any_res.get('n_val')} validation (val_fraction {s.get('val_fraction')}), "
             f"{any_res.get('n_test')} test images"
         )
