@@ -347,11 +347,21 @@ def fake_sweep(tmp_path: Path, missing: tuple[str, ...] = ()) -> Path:
             "data": "mini-cifar10", "n_labeled": 1000, "n_val": 500, "n_test": 500, "device": "cpu",
             "method": r.config.method.name, "config": r.config.to_dict(),
         })
+        # last-epoch diagnostics: agreement 0.1 * seed + 0.3, blank maps 0.25 for Grad-CAM runs
+        diag = {"map_agreement": 0.3 + 0.1 * r.seed, "blank_maps": 0.25 if r.role == "gradcam" else 0.0}
+        (out / r.id / "metrics.jsonl").write_text(
+            json.dumps({"epoch": 3, "map_agreement": 0.0}) + "\n" + json.dumps({"epoch": 4, **diag}) + "\n"
+        )
     return out
 
 
 def csv_rows(out: Path) -> list[dict[str, str]]:
     with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def runs_csv(out: Path) -> list[dict[str, str]]:
+    with open(out / "runs.csv") as f:
         return list(csv.DictReader(f))
 
 
@@ -448,6 +458,13 @@ def test_table_numbers_rows_and_columns(tmp_path, capsys):
     ) in md
     assert "| 1.0 | layer3 | +1.33 [-2.46, +5.13] (n=3) | +0.80 |" in md
     assert "## Missing runs" not in md
+
+    # map diagnostics: the last epoch's record, mean over seeds, at each setting's own layer
+    maps = md[md.index("## Grad-CAM map diagnostics"):]
+    assert "| ratio | gradcam @layer1 | gradcam @layer3 | pseudo_label @layer3 | supervised @layer3 |" in maps
+    assert "| 0.5 | 0.40 / 25% | 0.40 / 25% | 0.40 / 0% | 0.40 / 0% |" in maps
+    run = next(r for r in runs_csv(out) if r["id"] == "r0.5/gradcam-layer3/s2")
+    assert (float(run["final_map_agreement"]), float(run["final_blank_maps"])) == (0.5, 0.25)
 
     # the other selection rule in the markdown
     assert E.cmd_table(table_args(str(out), "--select", "best-val", "--out", str(tmp_path / "bv"))) == 0

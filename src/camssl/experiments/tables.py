@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io as _stdio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from camssl.experiments.spec import SWEEP_FORMAT, format_ratio
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff
 
 SELECTIONS = ("final", "best-val")
+_DIAGNOSTICS = ("loss_g", "map_agreement", "blank_maps", "pl_acc")  # last-epoch training diagnostics in runs.csv
 # a hand-written reading of the results goes between these markers; `camssl table` keeps it
 READING_BEGIN = "<!-- reading:begin (hand-written; kept when camssl table rewrites this file) -->"
 READING_END = "<!-- reading:end -->"
@@ -64,6 +65,7 @@ class SweepResults:
     dir: Path
     plan: dict[str, Any]
     results: dict[str, dict[str, Any]]  # run id -> result.json
+    last_epoch: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> its last metrics.jsonl record
 
     @classmethod
     def load(cls, sweep_dir: str | Path) -> SweepResults:
@@ -77,29 +79,49 @@ class SweepResults:
             raise UserError(f"'{path}' is not valid JSON ({e}); run the sweep again to rewrite it") from None
         if not isinstance(plan, dict) or plan.get("format") != SWEEP_FORMAT:
             raise UserError(f"'{path}' is not a camssl sweep plan")
-        results = {}
+        results, last_epoch = {}, {}
         for r in plan["runs"]:
             res = read_result(d / r["id"])
             if res is not None:
                 results[r["id"]] = res
-        return cls(d, plan, results)
+                records = io.read_jsonl(d / r["id"] / "metrics.jsonl")
+                if records:
+                    last_epoch[r["id"]] = records[-1]
+        return cls(d, plan, results, last_epoch)
 
     def runs(self, **match: Any) -> list[dict[str, Any]]:
         return [r for r in self.plan["runs"] if all(r.get(k) == v for k, v in match.items())]
 
+    def cell_runs(self, setting: str, ratio: float | None) -> list[dict[str, Any]]:
+        """The finished runs of one cell (ratio None, or a baseline setting: every seed's baseline run)."""
+        return [
+            r for r in self.plan["runs"]
+            if r["setting"] == setting and r["id"] in self.results
+            and (ratio is None or r["group"] != "grid" or r["ratio"] == ratio)
+        ]
+
     def per_seed(self, setting: str, ratio: float | None, metric: str, select: str) -> dict[int, float]:
         """seed -> value (%) of one cell's finished runs (ratio None: a baseline)."""
         out = {}
-        for r in self.plan["runs"]:
-            if r["setting"] != setting or (ratio is not None and r["group"] == "grid" and r["ratio"] != ratio):
-                continue
-            res = self.results.get(r["id"])
-            if res is None:
-                continue
-            v = _values(res, select)[metric]
+        for r in self.cell_runs(setting, ratio):
+            v = _values(self.results[r["id"]], select)[metric]
             if v is not None:
                 out[int(r["seed"])] = v
         return out
+
+    def diagnostic(self, setting: str, ratio: float | None, key: str) -> Stat | None:
+        """Mean ± std over seeds of a final-epoch training diagnostic (``map_agreement``, ``blank_maps``...)."""
+        values = [self.last_epoch.get(r["id"], {}).get(key) for r in self.cell_runs(setting, ratio)]
+        return Stat.of([float(v) for v in values if isinstance(v, (int, float))])
+
+    def map_layer(self, setting: str) -> str | None:
+        """The layer a setting's map diagnostics were measured at (its first Grad-CAM target layer)."""
+        for r in self.plan["runs"]:
+            res = self.results.get(r["id"])
+            if r["setting"] == setting and res:
+                layers = res.get("config", {}).get("method", {}).get("layers") or [None]
+                return layers[0]
+        return None
 
 
 def _settings_by_role(sr: SweepResults) -> tuple[list[str], list[str], list[str]]:
@@ -194,6 +216,7 @@ def build_tables(
     for m in _METRICS:
         md += _md_diffs(sr, select, m, ratios, gradcams, ablation, baseline)
     md += _md_reading(sr, select, ratios, gradcams, ablation, baseline)
+    md += _md_maps(sr, ratios, [*columns, *ablations[:1], *baselines[:1]])
     md += _md_missing(sr)
     runs_rows = _runs_rows(sr)
     return "\n".join(md).rstrip() + "\n", csv_rows, runs_rows
@@ -295,6 +318,7 @@ def _runs_rows(sr: SweepResults) -> list[dict[str, Any]]:
                 "epochs": res.get("epochs", ""),
                 "wall_time_s": _num(res.get("wall_time_s")) if res else "",
                 "images_per_s": _num(res.get("images_per_s")) if res else "",
+                **{f"final_{k}": _num(sr.last_epoch.get(r["id"], {}).get(k)) for k in _DIAGNOSTICS},
             }
         )
     return rows
@@ -482,6 +506,32 @@ def _md_reading(
             any_line = True
     if not any_line:
         return []
+    return [*lines, ""]
+
+
+def _md_maps(sr: SweepResults, ratios: list[float], settings: list[str]) -> list[str]:
+    """Final-epoch map diagnostics: do the maps of the two views agree, and how many are blank?"""
+    keys = ("map_agreement", "blank_maps")
+    if not any(k in rec for rec in sr.last_epoch.values() for k in keys):
+        return []
+    lines = [
+        "## Grad-CAM map diagnostics at the final epoch",
+        "",
+        "From each run's last `metrics.jsonl` record (64 fixed validation images, eval mode): `map_agreement` is "
+        "the mean correlation between an image's Grad-CAM map carried into its strong view and the view's own map "
+        "(a blank map counts 0); `blank` is the share of images whose map is all zero. Each setting is measured "
+        "at its own target layer (shown in the header; runs without Grad-CAM at `method.layers`' first entry). "
+        "Cells: agreement / blank, mean over seeds.",
+        "",
+    ]
+    heads = [f"{'gradcam' if _header_label(sr, s) == _layer_of(sr, s) else s} @{sr.map_layer(s)}" for s in settings]
+    lines += ["| ratio | " + " | ".join(heads) + " |", "|---|" + "---|" * len(settings)]
+    for ratio in ratios:
+        cells = []
+        for s in settings:
+            agree, blank = (sr.diagnostic(s, ratio, k) for k in keys)
+            cells.append("—" if agree is None or blank is None else f"{agree.mean:.2f} / {100 * blank.mean:.0f}%")
+        lines.append(f"| {format_ratio(ratio)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
