@@ -459,6 +459,14 @@ def test_table_numbers_rows_and_columns(tmp_path, capsys):
     assert "| 1.0 | layer3 | +1.33 [-2.46, +5.13] (n=3) | +0.80 |" in md
     assert "## Missing runs" not in md
 
+    # the ablation's own row: does pseudo-labelling help over the baseline? (differences 1, -1, 2)
+    d = pick(rows, section="paired_diff", metric="val", selection="final", ratio="0.5", setting="pseudo_label",
+             comparator="supervised")
+    assert float(d["mean_pct"]) == pytest.approx(2 / 3, abs=1e-4)
+    assert not [r for r in rows if r["section"] == "paired_diff" and r["setting"] == r["comparator"]]
+    assert "| 0.5 | ablation (pseudo_label) | +0.67 [-3.13, +4.46] (n=3) | -0.42 | — | — |" in md
+    assert "the pseudo-label ablation − the supervised baseline: positive mean in 2 of 2 ratios" in md
+
     # map diagnostics: the last epoch's record, mean over seeds, at each setting's own layer
     maps = md[md.index("## Grad-CAM map diagnostics"):]
     assert "| ratio | gradcam @layer1 | gradcam @layer3 | pseudo_label @layer3 | supervised @layer3 |" in maps

@@ -276,9 +276,9 @@ def _csv_rows(
             for s in [x for x in (best, ablation) if x]:
                 row("table2", m, ratio, s, Stat.of(list(sr.per_seed(s, ratio, m, select).values())))
         for ratio in ratios:
-            for s in gradcams:
+            for s in [*gradcams, *([ablation] if ablation and baseline else [])]:
                 a = sr.per_seed(s, ratio, m, select)
-                for comp in [x for x in (baseline, ablation) if x]:
+                for comp in [x for x in (baseline, ablation) if x and x != s]:
                     d = paired_diff(a, sr.per_seed(comp, ratio, m, select))
                     row("paired_diff", m, ratio, s, d, comparator=comp,
                         paper=_paper_diff(sr, s, comp, ratio) if m == "val" else None)
@@ -458,7 +458,7 @@ def _md_diffs(
         "the seed-to-seed noise (no correction for the number of comparisons).",
         "",
     ]
-    head, rule = "| ratio | Grad-CAM |", "|---|---|"
+    head, rule = "| ratio | setting |", "|---|---|"
     for c in comps:
         label = "baseline" if c == baseline else "ablation"
         head += f" − {label} Δ [95% CI] |"
@@ -467,11 +467,16 @@ def _md_diffs(
             head += f" paper† − {label} |"
             rule += "---|"
     lines += [head, rule]
+    # the ablation's own row (− baseline) says whether pseudo-labelling helps at all here
+    rows = [*gradcams, *([ablation] if ablation and baseline else [])]
     for ratio in ratios:
-        for s in gradcams:
+        for s in rows:
             a = sr.per_seed(s, ratio, m.key, select)
-            cells = [format_ratio(ratio), _header_label(sr, s)]
+            cells = [format_ratio(ratio), _header_label(sr, s) if s != ablation else f"ablation ({s})"]
             for c in comps:
+                if c == s:
+                    cells += ["—", "—"] if m.key == "val" else ["—"]
+                    continue
                 cells.append(_diff_text(paired_diff(a, sr.per_seed(c, ratio, m.key, select))))
                 if m.key == "val":
                     p = _paper_diff(sr, s, c, ratio)
@@ -487,12 +492,16 @@ def _md_reading(
 ) -> list[str]:
     lines = ["## Summary of the paired comparisons", ""]
     any_line = False
+    comparisons = [(gradcams, baseline, "Grad-CAM − the supervised baseline", "(ratio, layer) cells"),
+                   (gradcams, ablation, "Grad-CAM − the pseudo-label ablation", "(ratio, layer) cells"),
+                   ([ablation] if ablation else [], baseline, "the pseudo-label ablation − the supervised baseline",
+                    "ratios")]
     for m in _METRICS:
-        for comp, label in ((baseline, "the supervised baseline"), (ablation, "the pseudo-label ablation")):
-            if not comp or not gradcams:
+        for settings, comp, what, unit in comparisons:
+            if not comp or not settings:
                 continue
             diffs = [paired_diff(sr.per_seed(s, r, m.key, select), sr.per_seed(comp, r, m.key, select))
-                     for r in ratios for s in gradcams]
+                     for r in ratios for s in settings]
             diffs = [d for d in diffs if d is not None]
             if not diffs:
                 continue
@@ -500,8 +509,8 @@ def _md_reading(
             down = sum(1 for d in diffs if d.excludes_zero and d.mean < 0)
             pos = sum(1 for d in diffs if d.mean > 0)
             lines.append(
-                f"- {m.title.split(' (')[0]}, Grad-CAM − {label}: positive mean in {pos} of {len(diffs)} "
-                f"(ratio, layer) cells; interval above zero in {up}, below zero in {down}."
+                f"- {m.title.split(' (')[0]}, {what}: positive mean in {pos} of {len(diffs)} {unit}; "
+                f"interval above zero in {up}, below zero in {down}."
             )
             any_line = True
     if not any_line:
