@@ -196,6 +196,25 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_differences(
+    a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
+    """(key, value in a, value in b) for the fields of two config trees that differ, except ``ignore``.
+
+    A field missing from ``a`` (added to the config after ``a`` was written) counts only if
+    ``b`` has it at a non-default value.
+    """
+    fa, fb = flatten(a), flatten(b)
+    defaults = flatten(TrainConfig().to_dict())
+    missing = object()
+    return [
+        (k, fa.get(k), fb.get(k))
+        for k in sorted(set(fa) | set(fb))
+        if k not in ignore and fa.get(k, missing) != fb.get(k, missing)
+        and not (k not in fa and fb.get(k) == defaults.get(k))
+    ]
+
+
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a (possibly partial) dict, strictly typed."""
     if not isinstance(data, dict):

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from camssl import io
 from camssl.augment import Augmenter
-from camssl.config import TrainConfig, dump_yaml, flatten, from_dict, read_yaml
+from camssl.config import TrainConfig, config_differences, dump_yaml, from_dict, read_yaml
 from camssl.data import DataBundle, Split, load_data, make_split
 from camssl.data.streams import IndexStream
 from camssl.distributed import Dist
@@ -314,19 +314,6 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     return stale
 
 
-def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, value in a, value in b) for the config fields that differ and matter for resuming."""
-    fa, fb = flatten(a), flatten(b)
-    missing = object()
-    return [
-        (k, fa.get(k), fb.get(k))
-        for k in sorted(set(fa) | set(fb))
-        if k not in RESUMABLE_CHANGES and fa.get(k, missing) != fb.get(k, missing)
-        # a field added to the config after the checkpoint was written, at its default, is fine
-        and not (k not in fa and fb.get(k) == flatten(TrainConfig().to_dict()).get(k))
-    ]
-
-
 def default_run_dir(cfg: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.out_dir) / f"{stamp}-{cfg.method.name}-s{cfg.seed}"
@@ -580,7 +567,7 @@ class Trainer:
                 f"but the run's config builds {self.cfg.model.name} with {self.num_classes}; {fix}"
             )
         if state.get("config") is not None:
-            diff = config_differences(state["config"], self.cfg.to_dict())
+            diff = config_differences(state["config"], self.cfg.to_dict(), ignore=RESUMABLE_CHANGES)
             if diff:
                 shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} in config.yaml" for k, a, b in diff[:3])
                 more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
@@ -658,11 +645,13 @@ class Trainer:
 
     def next_batch(self) -> Batch:
         idx_l = self.labeled_stream.next(self.dist.rank, self.dist.world)
-        batch = Batch(self.images[idx_l.to(self.device)], self.labels[idx_l.to(self.device)])
+        on_device = idx_l.to(self.device)  # one transfer of the indices per stream and step
+        batch = Batch(self.images[on_device], self.labels[on_device])
         idx_u = None
         if self.unlabeled_stream is not None:
             idx_u = self.unlabeled_stream.next(self.dist.rank, self.dist.world)
-            batch.x_u, batch.y_u = self.images[idx_u.to(self.device)], self.labels[idx_u.to(self.device)]
+            on_device = idx_u.to(self.device)
+            batch.x_u, batch.y_u = self.images[on_device], self.labels[on_device]
         if self.recorded is not None:
             self.recorded["labeled"].append(idx_l.tolist())
             if idx_u is not None:

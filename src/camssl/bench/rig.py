@@ -110,10 +110,7 @@ class Rig:
         """The three views of one ``pseudo_label``/``gradcam`` step (labeled weak, anchor, strong)."""
 
         def step(profiled: bool = False) -> None:
-            ctx = self.context()
-            ctx.view(ctx.labeled_view, self.batch.x_l)
-            ctx.view(anchor, self.batch.x_u)
-            ctx.view("strong", self.batch.x_u)
+            self.context().ssl_views(self.batch, anchor)
 
         return step
 
@@ -166,9 +163,7 @@ class CaptumReference:
         cfg = self.cfg
         n_l = batch.x_l.shape[0]
         size = (batch.x_u.shape[2], batch.x_u.shape[3])
-        labeled = ctx.view(ctx.labeled_view, batch.x_l)
-        anchor = ctx.view(cfg.anchor, batch.x_u)
-        strong = ctx.view("strong", batch.x_u)
+        labeled, anchor, strong = ctx.ssl_views(batch, cfg.anchor)
         with torch.no_grad():
             probs = F.softmax(ctx.model(anchor.images).float(), dim=1)
         classes = probs.argmax(1)

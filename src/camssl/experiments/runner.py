@@ -19,23 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from camssl import io
-from camssl.config import TrainConfig, dump_yaml, flatten, from_dict, read_yaml, to_dict
+from camssl.config import TrainConfig, config_differences, dump_yaml, from_dict, read_yaml, to_dict
 from camssl.errors import ConfigError, DataError, UserError
 from camssl.experiments.spec import Plan, Run
 from camssl.machine import cpu_name, usable_cores
 
 # fields that do not change what a run computes: a run dir may differ from the plan in these
 IGNORED_KEYS = ("threads", "progress", "out_dir")
-
-
-def _config_difference(saved: TrainConfig, planned: TrainConfig) -> str | None:
-    a, b = flatten(to_dict(saved)), flatten(to_dict(planned))
-    for key in sorted(set(a) | set(b)):
-        if key in IGNORED_KEYS:
-            continue
-        if a.get(key) != b.get(key):
-            return f"{key}={a.get(key)!r} there, {b.get(key)!r} in the plan"
-    return None
 
 
 def run_state(run_dir: Path, cfg: TrainConfig) -> tuple[str, str]:
@@ -48,11 +38,12 @@ def run_state(run_dir: Path, cfg: TrainConfig) -> tuple[str, str]:
         saved = from_dict(TrainConfig, read_yaml(run_dir / "config.yaml"))
     except ConfigError as e:
         return "conflict", f"its config.yaml is unreadable ({e})"
-    diff = _config_difference(saved, cfg)
+    diff = config_differences(to_dict(saved), to_dict(cfg), ignore=IGNORED_KEYS)
     if diff:
+        key, there, planned = diff[0]
         return "conflict", (
-            f"'{run_dir}' holds a run with another config ({diff}); give the same spec and overrides "
-            "as when it started, or use another --out"
+            f"'{run_dir}' holds a run with another config ({key}={there!r} there, {planned!r} in the plan); "
+            "give the same spec and overrides as when it started, or use another --out"
         )
     if (run_dir / "result.json").exists():
         return "done", ""

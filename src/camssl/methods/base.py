@@ -53,6 +53,15 @@ class StepContext:
             v.images = v.images.contiguous(memory_format=torch.channels_last)
         return v
 
+    def ssl_views(self, batch: Batch, anchor: str) -> tuple[View, View, View]:
+        """The labeled view, the unlabeled anchor view and the strong view of a semi-supervised step.
+
+        Always drawn in this order, so every method that uses them (and the benchmark)
+        consumes the augmentation generator identically.
+        """
+        assert batch.x_u is not None
+        return self.view(self.labeled_view, batch.x_l), self.view(anchor, batch.x_u), self.view("strong", batch.x_u)
+
 
 @dataclass
 class StepOutput:

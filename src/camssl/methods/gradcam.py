@@ -70,9 +70,7 @@ class GradCAMConsistency(PseudoLabel):
         cfg = self.cfg
         n_l = batch.x_l.shape[0]
         size = (batch.x_u.shape[2], batch.x_u.shape[3])
-        labeled = ctx.view(ctx.labeled_view, batch.x_l)
-        anchor = ctx.view(cfg.anchor, batch.x_u)
-        strong = ctx.view("strong", batch.x_u)
+        labeled, anchor, strong = ctx.ssl_views(batch, cfg.anchor)
         layers = self.taps()
 
         # anchor: prediction (soft target) and Grad-CAM maps of its own argmax, all detached;

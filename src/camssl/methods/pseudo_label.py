@@ -45,9 +45,7 @@ class PseudoLabel(Method):
     def step(self, ctx: StepContext, batch: Batch) -> StepOutput:
         assert batch.x_u is not None
         n_l = batch.x_l.shape[0]
-        labeled = ctx.view(ctx.labeled_view, batch.x_l)
-        anchor = ctx.view(self.cfg.anchor, batch.x_u)
-        strong = ctx.view("strong", batch.x_u)
+        labeled, anchor, strong = ctx.ssl_views(batch, self.cfg.anchor)
         with torch.no_grad():  # the target is detached: no graph needed for its forward
             probs = F.softmax(ctx.model(anchor.images).float(), dim=1)
         logits = ctx.model(torch.cat([labeled.images, strong.images]))
