@@ -1,0 +1,63 @@
+"""Reference metrics of the built-in methods, to prove that a refactor changes nothing.
+
+The same four short runs (demo preset, 2 epochs, deterministic, one thread) as recorded
+by ``python tests/reference_runs.py --write`` from the code before the method-boundary
+refactor (commit 89ce3fc); ``tests/test_reference.py`` reruns them and compares.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+REFERENCE = HERE / "data" / "reference_metrics.json"
+
+COMMON = ["optim.epochs=2", "deterministic=true", "threads=1", "cam_grid=false", "device=cpu"]
+RUNS = {
+    "supervised": ["--method", "supervised"],
+    "pseudo_label": ["--method", "pseudo_label"],
+    "gradcam_full": ["--method", "gradcam", "method.grad_mode=full"],
+    "gradcam_detach": ["--method", "gradcam", "method.grad_mode=detach-weights"],
+}
+# per-epoch timing is not a result
+VOLATILE = {"epoch_time_s", "images_per_s"}
+RESULT_KEYS = ("test_acc", "test_acc_at_best_val", "best_val_acc", "best_val_epoch", "test_loss", "per_class_test_acc", "steps")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(name: str, out: Path, extra: list[str] | None = None) -> dict:
+    """Train reference run ``name`` into ``out`` with the CLI; its metrics and result."""
+    cmd = [sys.executable, "-m", "camssl", "train", "--config", "demo", *RUNS[name], *COMMON, *(extra or []),
+           "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+    result = json.loads((out / "result.json").read_text())
+    return {"metrics": metrics, "result": {k: result[k] for k in RESULT_KEYS}}
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    assert sys.argv[1:] == ["--write"], "usage: python tests/reference_runs.py --write"
+    import torch
+
+    ref = {"cpu": cpu_name(), "torch": torch.__version__, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in RUNS:
+            ref["runs"][name] = run(name, Path(tmp) / name)
+            print(name, ref["runs"][name]["result"]["test_acc"], flush=True)
+    REFERENCE.write_text(json.dumps(ref, indent=1) + "\n")
