@@ -4,7 +4,7 @@ that DistributedDataParallel produces for each method's training step the right 
 For every case, each rank takes its shard of one global batch and runs two training steps
 twice, from identical weights and identical augmentation draws:
 
-- "ddp": the model wrapped by :func:`camssl.trainer.wrap_ddp` (what the trainer does);
+- "ddp": the model wrapped by :func:`camssl.train.ddp.wrap_ddp` (what the trainer does);
 - "reference": the bare model, whose gradients are all-reduced and averaged by hand.
 
 They must agree (the definition of data-parallel SGD), in both Grad-CAM gradient modes
@@ -34,7 +34,7 @@ from camssl.augment import AugmentConfig, Augmenter
 from camssl.config import MethodConfig
 from camssl.methods import METHODS, Batch, StepContext
 from camssl.models import build_model
-from camssl.trainer import wrap_ddp
+from camssl.train.ddp import wrap_ddp
 
 CASES = {
     "supervised": MethodConfig(name="supervised"),

@@ -29,7 +29,7 @@ from camssl.errors import ConfigError
 from camssl.methods import METHODS, Batch, StepContext, StepOutput
 from camssl.methods.supervised import Supervised
 from camssl.models import build_model
-from camssl.trainer import check_sync_bn, check_world
+from camssl.train.ddp import check_sync_bn, check_world
 
 TINY = ["--method", "supervised", "--width", "0.125", "--labeled", "100", "--ratio", "1", "--epochs", "1",
         "optim.batch_size=50", "cam_grid=false", "threads=1"]

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from camssl.config import load_config
-from camssl.trainer import train
+from camssl.train import train
 
 HERE = Path(__file__).parent
 TINY = ["--width", "0.125", "--labeled", "200", "--ratio", "1", "--epochs", "2",

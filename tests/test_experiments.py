@@ -24,7 +24,7 @@ from camssl.config import dump_yaml
 from camssl.data import SplitConfig, load_data, make_split
 from camssl.data.sources import DataConfig
 from camssl.errors import ConfigError, DataError, UserError
-from camssl.trainer import train
+from camssl.train import train
 
 TINY_SPEC = """\
 base: demo

@@ -89,7 +89,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
 def test_interrupted_best_write_is_repaired_on_resume(tmp_path):
     """A kill between writing last.pt and best.pt: best.pt must not keep an older epoch's weights."""
     from camssl.config import load_config
-    from camssl.trainer import train
+    from camssl.train import train
 
     cfg = load_config("demo", ["method.name=supervised", "model.width=0.125", "split.n_labeled=100", "split.ratio=1",
                                "optim.epochs=2", "optim.batch_size=50", "cam_grid=false", "threads=1"])

@@ -10,7 +10,7 @@ import torch
 from camssl.config import load_config
 from camssl.data import Split
 from camssl.errors import UserError
-from camssl.trainer import lr_factor, train
+from camssl.train import lr_factor, train
 
 TINY = [
     "model.width=0.125",

@@ -21,7 +21,8 @@ plain class activation map of Zhou et al. (2016), and :func:`normalize_maps` /
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ __all__ = [
     "NORMALIZATIONS",
     "cam",
     "cam_layer",
+    "capture",
     "grad_cam",
     "grad_cam_model",
     "normalize_maps",
@@ -48,6 +50,52 @@ NORMALIZATIONS: tuple[str, ...] = ("max", "minmax", "l2", "none")
 
 _WRAPPER_ATTRS = ("_orig_mod", "module")  # torch.compile; DDP / DataParallel / AveragedModel
 _BLANK_EPS = 1e-6  # relative scale below which normalize_maps treats a map as blank
+
+
+@contextmanager
+def capture(model: nn.Module, layers: str | Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the outputs of named modules of any ``nn.Module`` during the forward passes in the block.
+
+    ``layers`` are module paths as in ``model.named_modules()`` (``"layer3"``,
+    ``"features.7"``, ``"blocks.11.norm1"``). The yielded dict maps each name to that
+    module's output in the latest forward pass inside the block (part of the autograd
+    graph, neither detached nor copied), ready for :func:`grad_cam`::
+
+        with capture(model, ["layer4"]) as feats:
+            logits = model(images)
+        maps = grad_cam(logits, feats, logits.argmax(1))
+
+    The hooks are removed when the block ends, also on an exception.
+
+    Raises:
+        ConfigError: a name that is not a module of ``model`` (the message lists its
+            top-level modules).
+    """
+    names = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+    modules = {}
+    for name in names:
+        try:
+            modules[name] = model.get_submodule(name) if isinstance(name, str) and name else None
+        except AttributeError:
+            modules[name] = None
+        if modules[name] is None:
+            children = ", ".join(n for n, _ in model.named_children()) or "none"
+            raise ConfigError(f"{name!r} is not a module of {type(model).__name__}; give a module path as in "
+                              f"model.named_modules() (top-level modules: {children})")
+    feats: dict[str, Tensor] = {}
+    handles = [module.register_forward_hook(_recorder(feats, name)) for name, module in modules.items()]
+    try:
+        yield feats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _recorder(store: dict[str, Tensor], name: str):  # type: ignore[no-untyped-def]
+    def hook(module: nn.Module, inputs: object, output: Tensor) -> None:
+        store[name] = output
+
+    return hook
 
 
 def grad_cam(

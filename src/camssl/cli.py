@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which weights [best]")
     p.add_argument("--images", default=None, help="a folder of images [default: random images of the test split]")
     p.add_argument("--n", type=int, default=8, help="number of images [8]")
-    p.add_argument("--layer", default=None, help="target layer [the run's first method.layers]")
+    p.add_argument("--layer", default=None, help="target layer [the run's diagnostic layer: its first map layer, else layer3]")
     p.add_argument("--out", default=None, help="PNG path [RUN_DIR/figures/cam_<checkpoint>_<layer>.png]")
     p.add_argument("--seed", type=int, default=0, help="picks the images and the strong views [0]")
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from camssl.trainer import train
+    from camssl.train import train
 
     if args.resume:
         given = [o for o in args.overrides] + [f for f in SHORTCUTS if getattr(args, f.lstrip("-").replace("-", "_"))]

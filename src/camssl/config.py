@@ -29,10 +29,6 @@ from camssl.errors import ConfigError
 PRESET_DIR = Path(__file__).parent / "configs"
 
 Schedule = Literal["cosine", "onecycle", "constant"]
-GradMode = Literal["full", "detach-weights"]
-MapNorm = Literal["max", "minmax", "l2", "none"]
-Distance = Literal["mse", "l1"]
-Anchor = Literal["original", "weak"]
 ViewName = Literal["original", "weak", "strong"]
 
 
@@ -49,23 +45,60 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The training objective L = alpha*L_S + beta*L_P + gamma*L_G and its knobs.
+    """The fields every method has; each method declares a subclass with its own fields.
 
-    One flat config for the whole method family, so a sweep can switch methods without
-    rewriting the config: each method reads the fields it uses (see ``camssl.methods``).
+    The ``method:`` section of a config is parsed into the class of the method it names
+    (``camssl.methods.METHODS[name].Config``), so ``method.*`` keys are checked against
+    that method's fields.
     """
 
     name: str = "supervised"
     alpha: float = 1.0  # weight of the supervised loss L_S
-    beta: float = 1.0  # weight of the pseudo-label loss L_P
-    gamma: float = 1.0  # weight of the Grad-CAM consistency loss L_G
-    threshold: float = 0.0  # confidence threshold on the anchor's softmax (0 = off)
-    anchor: Anchor = "original"  # view whose prediction (and map) is the target
-    layers: list[str] = field(default_factory=lambda: ["layer3"])  # Grad-CAM target layer(s)
-    grad_mode: GradMode = "full"
-    norm: MapNorm = "minmax"
-    distance: Distance = "mse"
-    gamma_rampup_epochs: float = 0.0  # linear ramp-up of gamma over this many epochs
+
+    def validate(self) -> None:
+        at_least("method.alpha", self.alpha, 0)
+
+    def cam_layers(self) -> list[str]:
+        """The layers whose class activation maps the method trains on (none by default)."""
+        return []
+
+
+def method_config_class(name: Any) -> type[MethodConfig]:
+    """The config dataclass of the method called ``name``; ConfigError naming the methods if unknown."""
+    from camssl.methods import METHODS
+
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(f"method.name={name!r} is unknown; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name].Config
+
+
+def other_methods_keys(name: str) -> set[str]:
+    """Fields of other registered methods that the method ``name`` does not have."""
+    from camssl.methods import METHODS
+
+    own = {f.name for f in dataclasses.fields(method_config_class(name))}
+    return {f.name for m in METHODS.values() for f in dataclasses.fields(m.Config)} - own
+
+
+def drop_other_methods_keys(tree: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """``tree`` without the ``method:`` fields that belong to other methods than ``name``.
+
+    A preset or a sweep spec describes its own method; switching the method (``--method
+    supervised`` on the ``demo`` preset, a sweep setting) drops the fields that only the
+    described method has. Keys that are no method's field are kept (and refused later).
+    Command-line ``method.*`` overrides are never dropped: they must fit the chosen method.
+    """
+    section = tree.get("method")
+    if not isinstance(section, dict):
+        return tree
+    name = name if name is not None else section.get("name", MethodConfig.name)
+    try:
+        foreign = other_methods_keys(name)
+    except ConfigError:
+        return tree  # an unknown method name is reported by from_dict
+    out = dict(tree)
+    out["method"] = {k: v for k, v in section.items() if k not in foreign}
+    return out
 
 
 @dataclass
@@ -83,6 +116,8 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.999 evaluates an EMA of the weights
     label_smoothing: float = 0.0
+    steps_per_epoch: int = 0  # 0 = labeled images // batch_size; > 0 fixes the budget (active learning)
+    no_decay_bn_bias: bool = False  # no weight decay on BatchNorm and bias parameters (FixMatch/USB style)
 
 
 @dataclass
@@ -93,7 +128,7 @@ class TrainConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=lambda: method_config_class("supervised")())
     optim: OptimConfig = field(default_factory=OptimConfig)
     labeled_view: ViewName = "weak"  # augmentation of the labeled batch (baseline and SSL alike)
     seed: int = 0  # training seed (init, batch order, augmentation); split.seed picks the split
@@ -101,47 +136,37 @@ class TrainConfig:
     amp: bool = True  # mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU
     deterministic: bool = False  # torch.use_deterministic_algorithms for bit-exact reruns
     sync_bn: bool = False  # multi-process CUDA runs: synchronise BatchNorm statistics in every step
-    record_indices: bool = False  # write indices.json: the samples each process used in epoch 1
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
     eval_batch_size: int = 250
     eval_every: int = 1  # validate every N epochs (and always after the last)
     out_dir: str = "runs"  # parent of run directories when --out is not given
     cam_grid: bool = True  # write a CAM grid at the start and end of a run
+    map_layer: str | None = None  # layer of the map diagnostics and CAM grids (None: the method's first map layer, else layer3)
     progress: bool = True  # progress bar (only on a terminal)
 
     def validate(self) -> None:
         """Check values that depend on other parts of the program (registries, ranges)."""
-        from camssl.methods import METHODS
         from camssl.models import MODEL_NAMES
 
         self.data.validate()
         self.split.validate()
         self.augment.validate()
-        if self.method.name not in METHODS:
-            raise ConfigError(
-                f"method.name={self.method.name!r} is unknown; choose one of: {', '.join(sorted(METHODS))}"
-            )
         if self.model.name not in MODEL_NAMES:
             raise ConfigError(
                 f"model.name={self.model.name!r} is unknown; choose one of: {', '.join(MODEL_NAMES)}"
             )
-        _positive(self, "model.width", self.model.width)
+        positive("model.width", self.model.width)
         if self.model.resize_to is not None:
-            _at_least(self, "model.resize_to", self.model.resize_to, 8)
-        m = self.method
-        for name in ("alpha", "beta", "gamma", "gamma_rampup_epochs"):
-            _at_least(self, f"method.{name}", getattr(m, name), 0)
-        if not 0.0 <= m.threshold < 1.0:
-            raise ConfigError(f"method.threshold={m.threshold} is invalid: must be in [0, 1)")
-        if not m.layers:
-            raise ConfigError("method.layers is empty: name at least one layer, e.g. layer3")
+            at_least("model.resize_to", self.model.resize_to, 8)
+        self.method.validate()
         o = self.optim
-        _at_least(self, "optim.epochs", o.epochs, 1)
-        _at_least(self, "optim.batch_size", o.batch_size, 1)
-        _positive(self, "optim.unlabeled_multiplier", o.unlabeled_multiplier)
-        _positive(self, "optim.lr", o.lr)
-        _at_least(self, "optim.weight_decay", o.weight_decay, 0)
-        _at_least(self, "optim.warmup_epochs", o.warmup_epochs, 0)
+        at_least("optim.epochs", o.epochs, 1)
+        at_least("optim.batch_size", o.batch_size, 1)
+        positive("optim.unlabeled_multiplier", o.unlabeled_multiplier)
+        positive("optim.lr", o.lr)
+        at_least("optim.weight_decay", o.weight_decay, 0)
+        at_least("optim.warmup_epochs", o.warmup_epochs, 0)
+        at_least("optim.steps_per_epoch", o.steps_per_epoch, 0)
         if not 0.0 <= o.momentum < 1.0:
             raise ConfigError(f"optim.momentum={o.momentum} is invalid: must be in [0, 1)")
         if o.nesterov and o.momentum == 0:
@@ -150,22 +175,26 @@ class TrainConfig:
             raise ConfigError(f"optim.ema_decay={o.ema_decay} is invalid: must be in [0, 1) (0 = off)")
         if not 0.0 <= o.label_smoothing < 1.0:
             raise ConfigError(f"optim.label_smoothing={o.label_smoothing} is invalid: must be in [0, 1)")
-        _at_least(self, "eval_batch_size", self.eval_batch_size, 1)
-        _at_least(self, "eval_every", self.eval_every, 1)
-        _at_least(self, "threads", self.threads, 0)
+        at_least("eval_batch_size", self.eval_batch_size, 1)
+        at_least("eval_every", self.eval_every, 1)
+        at_least("threads", self.threads, 0)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} is invalid: use auto, cpu, cuda or cuda:N")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def diagnostic_layer(self) -> str:
+        """The layer of the per-epoch map diagnostics and CAM grids."""
+        return self.map_layer or next(iter(self.method.cam_layers()), "layer3")
 
-def _positive(_: TrainConfig, key: str, value: float) -> None:
+
+def positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{key}={value} is invalid: must be > 0")
 
 
-def _at_least(_: TrainConfig, key: str, value: float, low: float) -> None:
+def at_least(key: str, value: float, low: float) -> None:
     if value < low:
         raise ConfigError(f"{key}={value} is invalid: must be >= {low}")
 
@@ -206,6 +235,10 @@ def config_differences(
     """
     fa, fb = flatten(a), flatten(b)
     defaults = flatten(TrainConfig().to_dict())
+    try:
+        defaults.update(flatten({"method": to_dict(method_config_class(fb.get("method.name"))())}))
+    except ConfigError:
+        pass
     missing = object()
     return [
         (k, fa.get(k), fb.get(k))
@@ -224,10 +257,10 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown config key {where}{unknown[0]}; valid keys{' in ' + prefix if prefix else ''}: "
-            f"{', '.join(sorted(names))}"
-        )
+        scope = f" in {prefix}" if prefix else ""
+        if issubclass(cls, MethodConfig):
+            scope = f" for method {cls().name}"
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys{scope}: {', '.join(sorted(names))}")
     base = cls()
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -245,9 +278,13 @@ _DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        merged = to_dict(current) if current is not None else {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of its fields, got {value!r}")
+        if isinstance(tp, type) and issubclass(tp, MethodConfig):  # the class of the method it names
+            tp = method_config_class(value.get("name", getattr(current, "name", MethodConfig.name)))
+            if type(current) is not tp:
+                current = None
+        merged = to_dict(current) if current is not None else {}
         merged.update(value)
         return from_dict(tp, merged, key)
     if origin in (typing.Union, types.UnionType):
@@ -390,6 +427,8 @@ def load_config(
             raise ConfigError(f"'{preset}' is a sweep spec, not a training config; run it with: camssl sweep {preset}")
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
+    section = tree.get("method") if isinstance(tree.get("method"), dict) else {}
+    tree = drop_other_methods_keys(tree, (overrides or {}).get("method.name", section.get("name")))
     for k, v in (overrides or {}).items():
         set_path(tree, k, v)
     cfg = from_dict(TrainConfig, tree)

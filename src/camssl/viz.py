@@ -159,27 +159,6 @@ def save_figure(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
     io.write_bytes(Path(path), buf.getvalue())
 
 
-def load_run_model(run_dir: Path, checkpoint: str = "best") -> tuple[nn.Module, "object", list[str]]:
-    """(model in eval mode, the run's TrainConfig, class names) from a run directory."""
-    from camssl.config import TrainConfig, from_dict, read_yaml
-    from camssl.errors import UserError
-    from camssl.models import build_model
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise UserError(f"'{run_dir}' is not a camssl run directory (no config.yaml); pass the --out of a training run")
-    cfg = from_dict(TrainConfig, read_yaml(run_dir / "config.yaml"))
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.exists():
-        raise UserError(f"no {checkpoint}.pt in '{run_dir}' yet (train at least one epoch), or use --checkpoint last")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    weights = state["model"] if checkpoint == "best" else (state["ema"] or state["model"])
-    classes = list(state["classes"])
-    model = build_model(cfg.model.name, len(classes), width=cfg.model.width, resize_to=cfg.model.resize_to)
-    model.load_state_dict(weights)
-    return model.eval(), cfg, classes
-
-
 def folder_images(folder: Path, size: int, classes: list[str], n: int) -> tuple[Tensor, Tensor]:
     """Up to ``n`` images from a folder (recursively); a parent folder named like a class gives the label."""
     from camssl.data.images import IMAGE_EXTENSIONS, decode_image, stack_hwc
@@ -213,8 +192,10 @@ def render_run(
     from camssl.data import load_data
     from camssl.errors import ConfigError
 
+    from camssl.train.checkpoint import load_run_model
+
     model, cfg, classes = load_run_model(run_dir, checkpoint)
-    layer = layer or cfg.method.layers[0]
+    layer = layer or cfg.diagnostic_layer()
     try:
         model.get_submodule(layer)
     except AttributeError:

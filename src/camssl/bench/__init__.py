@@ -1,7 +1,7 @@
 """``camssl bench``: what one training step costs, per method and Grad-CAM target layer.
 
 The benchmark times the library's real training step (what :meth:`Trainer.train_epoch
-<camssl.trainer.Trainer.train_epoch>` does per step: ``method.step`` under autocast,
+<camssl.train.Trainer.train_epoch>` does per step: ``method.step`` under autocast,
 ``zero_grad``, ``backward``, the SGD step) for
 
 * ``supervised`` and ``pseudo_label``;

@@ -139,7 +139,7 @@ def _phases(prof: Any) -> dict[str, float] | None:
             parent = parent.cpu_parent
         return None
 
-    total = {name: 0.0 for name in ("bench.method_step", "bench.backward", "bench.optimizer")}
+    total = {name: 0.0 for name in ("step.method", "step.backward", "step.optimizer")}
     views = cam = first = second = 0.0
     for e in events:
         ms = e.cpu_time_total / 1000.0
@@ -149,20 +149,20 @@ def _phases(prof: Any) -> dict[str, float] | None:
             views += ms
         elif e.name.startswith("autograd::engine::evaluate_function"):
             where = enclosing(e)
-            if where == "bench.method_step":
+            if where == "step.method":
                 cam += ms
-            elif where == "bench.backward":
+            elif where == "step.backward":
                 if "BackwardBackward" in e.name:
                     second += ms
                 else:
                     first += ms
     return {
         "views": views,
-        "forward + losses": max(0.0, total["bench.method_step"] - views - cam),
+        "forward + losses": max(0.0, total["step.method"] - views - cam),
         "Grad-CAM gradients": cam,
-        "backward (first order)": max(0.0, total["bench.backward"] - second),
+        "backward (first order)": max(0.0, total["step.backward"] - second),
         "backward (second order)": second,
-        "optimizer": total["bench.optimizer"],
+        "optimizer": total["step.optimizer"],
     }
 
 

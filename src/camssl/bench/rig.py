@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camssl.bench.options import IMAGE_SIZE, MODEL, NUM_CLASSES, BenchOptions
+from camssl.methods import Method
 
 
 def load_images(n: int, seed: int) -> tuple[Tensor, Tensor, str]:
@@ -33,8 +34,8 @@ def load_images(n: int, seed: int) -> tuple[Tensor, Tensor, str]:
 class Rig:
     """A model, its SGD optimiser, an augmenter and one fixed batch on ``device``.
 
-    :meth:`train_step` builds the step the trainer runs (``method.step`` under autocast,
-    ``zero_grad``, ``backward``, SGD step). All step types of a table share one rig, so
+    :meth:`train_step` is the trainer's own step (:class:`camssl.train.Stepper`: ``method.step``
+    under autocast, ``zero_grad``, ``backward``, SGD step). All step types of a table share one rig, so
     they run on the same weights, which keep training (at a small learning rate) as
     steps are timed.
     """
@@ -63,17 +64,13 @@ class Rig:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def context(self, model: nn.Module | None = None) -> Any:
-        from camssl.methods import StepContext
+    def stepper(self, method: Any, model: nn.Module | None = None) -> Any:
+        """The trainer's own step (:class:`camssl.train.Stepper`) with ``method`` on this rig."""
+        from camssl.train import Stepper
 
-        return StepContext(
-            model=model if model is not None else self.model,
-            augmenter=self.augmenter,
-            generator=self.generator,
-            epoch=1.0,
-            labeled_view="weak",
-            channels_last=self.channels_last,
-        )
+        return Stepper(model if model is not None else self.model, method, self.optimizer, self.augmenter,
+                       self.generator, net=self.base_model, amp_dtype=self.amp_dtype, labeled_view="weak",
+                       channels_last=self.channels_last)
 
     def init_optimizer_state(self) -> None:
         """Create the momentum buffers now, so that no step type pays for them."""
@@ -91,33 +88,23 @@ class Rig:
         """The trainer's step with ``method``; ``step(True)`` marks its phases for the profiler."""
         from torch.profiler import record_function
 
+        stepper = self.stepper(method, model)
+
         def step(profiled: bool = False) -> None:
-            mark = record_function if profiled else _no_mark
-            ctx = self.context(model)
-            if profiled:
-                ctx = _MarkedViews(ctx)
-            with self.autocast(), mark("bench.method_step"):
-                out = method.step(ctx, self.batch)
-            with mark("bench.backward"):
-                self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-            with mark("bench.optimizer"):
-                self.optimizer.step()
+            stepper(self.batch, epoch=1.0, mark=record_function if profiled else None,
+                    wrap=_MarkedViews if profiled else None)
 
         return step
 
     def views_step(self, anchor: str) -> Callable[[bool], None]:
         """The three views of one ``pseudo_label``/``gradcam`` step (labeled weak, anchor, strong)."""
 
+        ctx = self.stepper(None).context(epoch=1.0)
+
         def step(profiled: bool = False) -> None:
-            self.context().ssl_views(self.batch, anchor)
+            ctx.ssl_views(self.batch, anchor)
 
         return step
-
-
-@contextlib.contextmanager
-def _no_mark(name: str) -> Iterator[None]:
-    yield
 
 
 class _MarkedViews:
@@ -136,7 +123,7 @@ class _MarkedViews:
             return self._ctx.view(kind, x)
 
 
-class CaptumReference:
+class CaptumReference(Method):
     """Grad-CAM consistency built the way a user would without camssl: captum's LayerGradCam.
 
     Same objective as :class:`camssl.methods.gradcam.GradCAMConsistency` (L_S + L_P on one
@@ -147,18 +134,18 @@ class CaptumReference:
     the anchor's prediction comes from one more (no-grad) forward pass.
     """
 
+    name = "reference"
     uses_unlabeled = True
 
     def __init__(self, cfg: Any, model: nn.Module, layer: str) -> None:
         from captum.attr import LayerGradCam
 
-        self.cfg = cfg
+        super().__init__(cfg)
         self.layer_gradcam = LayerGradCam(model, model.get_submodule(layer))
 
     def step(self, ctx: Any, batch: Any) -> Any:
+        from camssl.losses import aligned_maps, map_distance, soft_cross_entropy
         from camssl.methods import StepOutput
-        from camssl.methods.gradcam import aligned_maps, map_distance
-        from camssl.methods.pseudo_label import soft_cross_entropy
 
         cfg = self.cfg
         n_l = batch.x_l.shape[0]
@@ -209,13 +196,12 @@ def step_types(o: BenchOptions, captum_ok: bool) -> list[StepType]:
 
 
 def build_step(rig: Rig, st: StepType, model: nn.Module | None = None) -> Callable[[bool], None]:
-    from camssl.config import MethodConfig
     from camssl.methods import METHODS
 
+    gradcam = METHODS["gradcam"].Config(layers=[st.layer or "layer3"], grad_mode=st.mode or "full")
     if st.kind == "views":
-        return rig.views_step(MethodConfig().anchor)
+        return rig.views_step(gradcam.anchor)
     if st.kind == "reference":
-        cfg = MethodConfig(name="gradcam", layers=[st.layer or "layer3"], grad_mode="full")
-        return rig.train_step(CaptumReference(cfg, model if model is not None else rig.model, cfg.layers[0]), model)
-    cfg = MethodConfig(name=st.kind, layers=[st.layer or "layer3"], grad_mode=st.mode or "full")
+        return rig.train_step(CaptumReference(gradcam, model if model is not None else rig.model, gradcam.layers[0]), model)
+    cfg = gradcam if st.kind == "gradcam" else METHODS[st.kind].Config()
     return rig.train_step(METHODS[st.kind](cfg), model)

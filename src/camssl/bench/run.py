@@ -23,7 +23,7 @@ from camssl.bench.results import BenchResult, Experiment, WidthResult
 from camssl.bench.rig import Rig, StepType, build_step, load_images, step_types
 from camssl.bench.trials import experiment_threads, guarded, run_experiments
 from camssl.machine import cpu_name, usable_cores
-from camssl.trainer import pick_device
+from camssl.train import pick_device
 
 
 def captum_status() -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 from camssl.config import (
     PRESET_DIR,
     TrainConfig,
+    drop_other_methods_keys,
     flatten,
     from_dict,
     load_yaml_tree,
@@ -167,22 +168,24 @@ def load_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"unknown key sweep.{unknown[0]} in '{path}'; valid keys in sweep: {', '.join(SWEEP_KEYS)}")
-    from_dict(TrainConfig, tree)  # unknown config keys fail here, before anything runs
+    from_dict(TrainConfig, drop_other_methods_keys(tree))  # unknown config keys fail here, before anything runs
     return tree, sweep
 
 
 def _role(group: str, cfg: TrainConfig) -> tuple[str, str | None]:
     if group == "baseline":
         return "baseline", None
-    if cfg.method.name == "gradcam":
-        return "gradcam", ",".join(cfg.method.layers)
-    if cfg.method.name == "pseudo_label":
-        return "ablation", None
-    return "other", None
+    from camssl.methods import METHODS
+
+    role = METHODS[cfg.method.name].table_role
+    return role, (",".join(cfg.method.cam_layers()) or None) if role == "gradcam" else None
 
 
 def _build(tree: dict[str, Any], changes: Iterable[tuple[str, Any]], where: str) -> TrainConfig:
-    t = copy.deepcopy(tree)
+    """A run's config: the spec's tree (without other methods' fields) with ``changes`` applied."""
+    changes = list(changes)
+    name = next((v for k, v in reversed(changes) if k == "method.name"), None)
+    t = copy.deepcopy(drop_other_methods_keys(tree, name))
     try:
         for k, v in changes:
             set_path(t, k, v)

@@ -115,12 +115,17 @@ class SweepResults:
         return Stat.of([float(v) for v in values if isinstance(v, (int, float))])
 
     def map_layer(self, setting: str) -> str | None:
-        """The layer a setting's map diagnostics were measured at (its first Grad-CAM target layer)."""
+        """The layer a setting's map diagnostics were measured at (``TrainConfig.diagnostic_layer``)."""
+        from camssl.config import TrainConfig, drop_other_methods_keys, from_dict
+        from camssl.errors import ConfigError
+
         for r in self.plan["runs"]:
             res = self.results.get(r["id"])
             if r["setting"] == setting and res:
-                layers = res.get("config", {}).get("method", {}).get("layers") or [None]
-                return layers[0]
+                try:
+                    return from_dict(TrainConfig, drop_other_methods_keys(res.get("config", {}))).diagnostic_layer()
+                except ConfigError:
+                    return None
         return None
 
 

@@ -1,8 +1,12 @@
 """Training objectives, each a small registered component.
 
-A method turns one batch into ``(loss, metrics)``; it never owns optimisers, devices,
-checkpoints or logging (the trainer does). Register a new one with
+A method owns its losses (built from :mod:`camssl.losses`) and any state it needs; the
+trainer owns optimisers, devices, checkpoints and logging (see
+:mod:`camssl.methods.base` for the lifecycle). Register a new one with
 :func:`camssl.methods.base.register` and it is available as ``method.name=<name>``.
+Methods in your own modules: list them in the environment variable ``CAMSSL_METHODS``
+(comma-separated module names, e.g. ``CAMSSL_METHODS=mylab.methods camssl train --method
+mine``); they are imported with the built-in ones, also in every torchrun process.
 
 =============  ===============================================================
 name           objective
@@ -13,9 +17,25 @@ gradcam        alpha*L_S + beta*L_P + gamma*L_G (Grad-CAM consistency, the paper
 =============  ===============================================================
 """
 
-from camssl.methods.base import METHODS, Batch, Method, StepContext, StepOutput, register
+import importlib
+import os
+
+from camssl.errors import ConfigError
+from camssl.methods.base import METHODS, Batch, Method, RunInfo, StepContext, StepOutput, register
 from camssl.methods import supervised as _supervised  # noqa: F401  (registers)
 from camssl.methods import pseudo_label as _pseudo_label  # noqa: F401  (registers)
 from camssl.methods import gradcam as _gradcam  # noqa: F401  (registers)
 
-__all__ = ["METHODS", "Batch", "Method", "StepContext", "StepOutput", "register"]
+
+def _import_plugins() -> None:
+    for module in filter(None, (m.strip() for m in os.environ.get("CAMSSL_METHODS", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"CAMSSL_METHODS names module {module!r}, which cannot be imported ({e}); "
+                              "fix the name or PYTHONPATH, or unset CAMSSL_METHODS") from None
+
+
+_import_plugins()
+
+__all__ = ["METHODS", "Batch", "Method", "RunInfo", "StepContext", "StepOutput", "register"]

@@ -1,31 +1,57 @@
-"""The method interface and registry."""
+"""The method interface, its lifecycle and the registry.
+
+A method owns its losses and any state it needs; the trainer owns everything else
+(optimiser, devices, checkpoints, logging). Per run, the trainer calls::
+
+    method = METHODS[cfg.method.name](cfg.method, label_smoothing=...)
+    method.setup(run)                     # once: classes, split, device, ranks, frozen models
+    method.load_state_dict(state)         # on resume, from the checkpoint
+    for each epoch:
+        for each step:
+            out = method.step(ctx, batch)     # -> StepOutput(loss, metrics)
+            ... backward, optimiser step ...
+            method.after_step(batch, out)
+        method.end_epoch()                # e.g. merge per-rank state
+        checkpoint <- method.state_dict()
+
+A method also declares what the trainer, sweeps and tables need to know about it
+(class attributes below), so nothing outside the method tests its name.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camssl.config import MethodConfig
+
 if TYPE_CHECKING:
     from camssl.augment import Augmenter, View
-    from camssl.config import MethodConfig
+    from camssl.data import Split
+    from camssl.distributed import Dist
 
 
 @dataclass
 class Batch:
     """One training step's data, already on the training device.
 
-    ``x_l``/``x_u`` are uint8 N×3×H×W; ``y_u`` is the unlabeled images' ground truth,
-    used only for diagnostics (pseudo-label accuracy), never by a loss.
+    ``x_l``/``x_u`` are uint8 N×3×H×W; ``idx_l``/``idx_u`` their indices into the training
+    set (this rank's share of the global batch); ``y_u`` is the unlabeled images' ground
+    truth, used only for diagnostics (pseudo-label accuracy), never by a loss.
     """
 
     x_l: Tensor
     y_l: Tensor
+    idx_l: Tensor | None = None
     x_u: Tensor | None = None
     y_u: Tensor | None = None
+    idx_u: Tensor | None = None
 
 
 @dataclass
@@ -38,6 +64,7 @@ class StepContext:
     epoch: float  # training progress in epochs (e.g. 2.5 = half-way through the third)
     labeled_view: str = "weak"
     channels_last: bool = False
+    step: int = 0  # global step (0-based) of this training step
 
     def view(self, kind: str, x: Tensor) -> View:
         """Make the ``original`` / ``weak`` / ``strong`` view of a uint8 batch."""
@@ -71,15 +98,39 @@ class StepOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class RunInfo:
+    """What :meth:`Method.setup` gets: the run's facts and a loader for frozen models."""
+
+    num_classes: int
+    classes: list[str]
+    n_train: int  # size of the training set (``idx_l``/``idx_u`` index into it)
+    split: Split
+    device: torch.device
+    dist: Dist
+    net: nn.Module  # the bare model being trained (not the DDP wrapper)
+    run_dir: Path
+    labels: Tensor  # the training set's labels on the device (diagnostics only, never a loss)
+    load_frozen: Callable[[str | Path], nn.Module]  # a run directory or checkpoint -> eval model, no grads
+
+
 class Method:
-    """Base class: subclasses set ``name`` and implement :meth:`step`."""
+    """Base class: subclasses set ``name`` and ``Config`` and implement :meth:`step`."""
 
     name: ClassVar[str]
-    uses_unlabeled: ClassVar[bool] = False
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    uses_unlabeled: ClassVar[bool] = False  # the trainer draws an unlabeled batch per step
+    table_role: ClassVar[str] = "other"  # role in a sweep's tables: "gradcam" | "ablation" | "other"
+    log_metrics: ClassVar[tuple[str, ...]] = ("loss_s",)  # metrics shown on the epoch line
 
     def __init__(self, cfg: MethodConfig, *, label_smoothing: float = 0.0) -> None:
         self.cfg = cfg
         self.label_smoothing = label_smoothing
+
+    # ------------------------------------------------------------ lifecycle (all optional)
+
+    def setup(self, run: RunInfo) -> None:
+        """Called once before training (and before :meth:`load_state_dict` on resume)."""
 
     def taps(self) -> list[str]:
         """Stage outputs the method needs from the forward pass (none by default)."""
@@ -87,6 +138,26 @@ class Method:
 
     def step(self, ctx: StepContext, batch: Batch) -> StepOutput:
         raise NotImplementedError
+
+    def after_step(self, ctx: StepContext, batch: Batch, out: StepOutput) -> None:
+        """Called after the optimiser step."""
+
+    def end_epoch(self) -> dict[str, float]:
+        """Called after each epoch's last step (before the checkpoint); returns extra epoch metrics."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own state, stored in the checkpoint (tensors, numbers, lists, dicts)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on resume."""
+
+    def double_backward_layers(self, net: nn.Module) -> list[str]:
+        """Layers through which the method's loss needs a double backward (refused with SyncBatchNorm)."""
+        return []
+
+    # ------------------------------------------------------------ shared pieces
 
     def supervised_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
@@ -99,5 +170,7 @@ def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available under ``cls.name``."""
     if cls.name in METHODS:
         raise ValueError(f"method {cls.name!r} registered twice")
+    if cls.Config.__dataclass_fields__["name"].default != cls.name:
+        raise ValueError(f"{cls.Config.__name__}.name must default to {cls.name!r} (the method's name)")
     METHODS[cls.name] = cls
     return cls

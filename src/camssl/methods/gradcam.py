@@ -1,15 +1,13 @@
 """``gradcam``: Grad-CAM consistency training (Lee & Cho, arXiv 2108.13673).
 
 L = alpha*L_S + beta*L_P + gamma*L_G. L_S and L_P are exactly those of
-:mod:`camssl.methods.pseudo_label` (so ``gamma=0`` *is* the paper's ablation), and
-
-L_G = mean over unlabeled samples of  d( N(E_strong), N(T(E_anchor)) )
+:mod:`camssl.methods.pseudo_label` (so ``gamma=0`` *is* the paper's ablation), and L_G
+is :func:`camssl.losses.gradcam_consistency`:
 
 - class: the pseudo-label of the anchor view (argmax of its prediction) for BOTH views;
 - target: the anchor's Grad-CAM map at each target layer, carried into the strong view
-  through the augmentation's exact per-sample geometry (:func:`camssl.augment.carry`)
-  at input resolution, detached; pixels of the strong view that come from outside the
-  anchor image are masked out;
+  through the augmentation's exact per-sample geometry at input resolution, detached;
+  pixels of the strong view that come from outside the anchor image are masked out;
 - prediction: the strong view's Grad-CAM map from the SAME forward pass that gives L_S
   and L_P (batched, no extra forward), differentiable (``grad_mode``: ``full`` or
   ``detach-weights``), upsampled to input resolution;
@@ -22,44 +20,56 @@ With several target layers, L_G is the mean over layers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import nn
 
-from camssl.augment import View, carry
-from camssl.cam import cam_layer, grad_cam, normalize_maps, upsample_maps
+from camssl.cam import GRAD_MODES, NORMALIZATIONS, cam_layer
+from camssl.config import at_least
+from camssl.errors import ConfigError
+from camssl.losses import DISTANCES, confidence_mask, gradcam_consistency, gradcam_targets, soft_cross_entropy
 from camssl.methods.base import Batch, StepContext, StepOutput, register
-from camssl.methods.pseudo_label import PseudoLabel, soft_cross_entropy, unlabeled_diagnostics
+from camssl.methods.pseudo_label import PseudoLabel, PseudoLabelConfig, unlabeled_diagnostics
 
 
-def aligned_maps(
-    anchor_maps: Tensor, strong_maps: Tensor, anchor: View, strong: View, size: tuple[int, int]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(target, prediction, valid), each B×1×H×W at input resolution in the strong view's frame.
+@dataclass
+class GradCAMConfig(PseudoLabelConfig):
+    name: str = "gradcam"
+    gamma: float = 1.0  # weight of the Grad-CAM consistency loss L_G
+    layers: list[str] = field(default_factory=lambda: ["layer3"])  # Grad-CAM target layer(s)
+    grad_mode: Literal[GRAD_MODES] = "full"  # type: ignore[valid-type]
+    norm: Literal[NORMALIZATIONS] = "minmax"  # type: ignore[valid-type]
+    distance: Literal[DISTANCES] = "mse"  # type: ignore[valid-type]
+    gamma_rampup_epochs: float = 0.0  # linear ramp-up of gamma over this many epochs
 
-    ``anchor_maps``/``strong_maps`` are B×h×w maps of the anchor and strong views; the
-    anchor's are carried through ``strong.theta`` (relative to ``anchor.theta``).
-    """
-    target, valid = carry(anchor_maps[:, None], strong.theta, size, src_theta=anchor.theta)
-    pred = upsample_maps(strong_maps, size)[:, None].float()
-    return target, pred, valid
+    def validate(self) -> None:
+        super().validate()
+        for key in ("gamma", "gamma_rampup_epochs"):
+            at_least(f"method.{key}", getattr(self, key), 0)
+        if not self.layers:
+            raise ConfigError("method.layers is empty: name at least one layer, e.g. layer3")
 
-
-def map_distance(target: Tensor, pred: Tensor, valid: Tensor, norm: str, distance: str) -> Tensor:
-    """Per-sample distance (B,) between the maps, both normalised over the valid pixels only."""
-    t = normalize_maps(target.float(), norm, mask=valid)
-    p = normalize_maps(pred.float(), norm, mask=valid)
-    diff = (p - t).abs() if distance == "l1" else (p - t) ** 2
-    return (diff * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1.0)
+    def cam_layers(self) -> list[str]:
+        return list(self.layers)
 
 
 @register
 class GradCAMConsistency(PseudoLabel):
     name = "gradcam"
-    uses_unlabeled = True
+    Config = GradCAMConfig
+    table_role = "gradcam"
+    log_metrics = ("loss_s", "loss_p", "loss_g", "mask_rate", "pl_acc")
 
     def taps(self) -> list[str]:
         return list(self.cfg.layers)
+
+    def double_backward_layers(self, net: nn.Module) -> list[str]:
+        if self.cfg.grad_mode != "full":
+            return []
+        return [name for name in self.cfg.layers if name != cam_layer(net)]
 
     def gamma_at(self, epoch: float) -> float:
         ramp = self.cfg.gamma_rampup_epochs
@@ -79,24 +89,19 @@ class GradCAMConsistency(PseudoLabel):
             logits_a, feats_a = ctx.model(anchor.images, taps=layers)
         probs = F.softmax(logits_a.detach().float(), dim=1)
         classes = probs.argmax(1)
-        maps_a = grad_cam(logits_a, feats_a, classes, mode="detach-weights", model=ctx.model)
-        maps_a = {k: v.detach() for k, v in maps_a.items()}
-        del logits_a, feats_a
+        targets = gradcam_targets(logits_a, feats_a, classes, model=ctx.model)
+        del logits_a, feats_a  # the anchor's graph is freed before the second forward
 
-        # labeled + strong in one forward; strong maps from this very forward
+        # labeled + strong in one forward; the strong maps come from this very forward
         logits, feats = ctx.model(torch.cat([labeled.images, strong.images]), taps=layers)
         logits_l, logits_u = logits[:n_l], logits[n_l:]
-        rows = torch.cat([torch.full((n_l,), -1, device=classes.device, dtype=classes.dtype), classes])
-        maps_s = grad_cam(logits, feats, rows, mode=cfg.grad_mode, model=ctx.model)
-
-        mask = self.confidence_mask(probs)
+        mask = confidence_mask(probs, cfg.threshold)
         loss_s = self.supervised_loss(logits_l, batch.y_l)
         loss_p = (soft_cross_entropy(probs, logits_u) * mask).mean()
-        per_layer = []
-        for name in layers:
-            target, pred, valid = aligned_maps(maps_a[name], maps_s[name][n_l:], anchor, strong, size)
-            per_layer.append(map_distance(target, pred, valid, cfg.norm, cfg.distance))
-        loss_g = (torch.stack(per_layer).mean(0) * mask).mean()
+        loss_g = gradcam_consistency(
+            targets, logits, feats, anchor.theta, strong.theta, size=size, classes=classes, mask=mask,
+            first_row=n_l, mode=cfg.grad_mode, norm=cfg.norm, distance=cfg.distance, model=ctx.model,
+        )
         gamma = self.gamma_at(ctx.epoch)
         loss = cfg.alpha * loss_s + cfg.beta * loss_p + gamma * loss_g
         metrics = {

@@ -10,16 +10,33 @@ samples count as zero.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camssl.config import MethodConfig, at_least
+from camssl.errors import ConfigError
+from camssl.losses import confidence_mask, soft_cross_entropy
 from camssl.methods.base import Batch, Method, StepContext, StepOutput, register
 
+Anchor = Literal["original", "weak"]
 
-def soft_cross_entropy(target_probs: Tensor, logits: Tensor) -> Tensor:
-    """Per-sample -sum_c q_c log softmax(logits)_c (fp32)."""
-    return -(target_probs.float() * F.log_softmax(logits.float(), dim=1)).sum(1)
+
+@dataclass
+class PseudoLabelConfig(MethodConfig):
+    name: str = "pseudo_label"
+    beta: float = 1.0  # weight of the pseudo-label loss L_P
+    threshold: float = 0.0  # confidence threshold on the anchor's softmax (0 = off)
+    anchor: Anchor = "original"  # view whose prediction (and map) is the target
+
+    def validate(self) -> None:
+        super().validate()
+        at_least("method.beta", self.beta, 0)
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"method.threshold={self.threshold} is invalid: must be in [0, 1)")
 
 
 def unlabeled_diagnostics(probs: Tensor, mask: Tensor, y_true: Tensor | None) -> dict[str, Tensor]:
@@ -35,12 +52,10 @@ def unlabeled_diagnostics(probs: Tensor, mask: Tensor, y_true: Tensor | None) ->
 @register
 class PseudoLabel(Method):
     name = "pseudo_label"
+    Config = PseudoLabelConfig
     uses_unlabeled = True
-
-    def confidence_mask(self, probs: Tensor) -> Tensor:
-        if self.cfg.threshold <= 0:
-            return torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
-        return probs.max(1).values >= self.cfg.threshold
+    table_role = "ablation"
+    log_metrics = ("loss_s", "loss_p", "mask_rate", "pl_acc")
 
     def step(self, ctx: StepContext, batch: Batch) -> StepOutput:
         assert batch.x_u is not None
@@ -51,7 +66,7 @@ class PseudoLabel(Method):
         logits = ctx.model(torch.cat([labeled.images, strong.images]))
         logits_l, logits_u = logits[:n_l], logits[n_l:]
         loss_s = self.supervised_loss(logits_l, batch.y_l)
-        mask = self.confidence_mask(probs)
+        mask = confidence_mask(probs, self.cfg.threshold)
         loss_p = (soft_cross_entropy(probs, logits_u) * mask).mean()
         loss = self.cfg.alpha * loss_s + self.cfg.beta * loss_p
         metrics = {

@@ -6,12 +6,21 @@ semi-supervised methods, so the comparison is fair.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from camssl.config import MethodConfig
 from camssl.methods.base import Batch, Method, StepContext, StepOutput, register
+
+
+@dataclass
+class SupervisedConfig(MethodConfig):
+    name: str = "supervised"
 
 
 @register
 class Supervised(Method):
     name = "supervised"
+    Config = SupervisedConfig
 
     def step(self, ctx: StepContext, batch: Batch) -> StepOutput:
         view = ctx.view(ctx.labeled_view, batch.x_l)

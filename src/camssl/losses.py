@@ -1,0 +1,176 @@
+"""Pure loss functions, usable in any training loop (camssl's methods are built from them).
+
+Nothing here owns state, optimisers or devices: every function maps tensors to a loss.
+
+- :func:`soft_cross_entropy` — cross-entropy against a soft target (the paper's L_P).
+- :func:`confidence_mask` — FixMatch-style selection of confident unlabeled samples.
+- :func:`gradcam_targets` and :func:`gradcam_consistency` — Grad-CAM consistency L_G
+  (Lee & Cho, arXiv 2108.13673) between an anchor view and a geometrically augmented view
+  of the same images, on any model whose layer outputs you can record
+  (:func:`camssl.cam.capture`).
+- :func:`aligned_maps` / :func:`map_distance` — the two steps inside L_G, for users who
+  build their own map losses.
+
+Example (any ``nn.Module``; ``theta`` are the views' 2×3 affine matrices, see
+:mod:`camssl.augment`)::
+
+    with capture(model, ["layer3"]) as feats_a:
+        logits_a = model(anchor_images)
+    with capture(model, ["layer3"]) as feats_s:
+        logits_s = model(strong_images)
+    loss_g = gradcam_consistency((logits_a, feats_a), logits_s, feats_s, theta_a, theta_s,
+                                  size=strong_images.shape[-2:])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from camssl.augment import carry
+from camssl.cam import grad_cam, normalize_maps, upsample_maps
+
+__all__ = [
+    "aligned_maps",
+    "confidence_mask",
+    "gradcam_consistency",
+    "gradcam_targets",
+    "map_distance",
+    "soft_cross_entropy",
+]
+
+DISTANCES: tuple[str, ...] = ("mse", "l1")
+"""Per-pixel distances accepted by :func:`map_distance`."""
+
+
+def soft_cross_entropy(target_probs: Tensor, logits: Tensor) -> Tensor:
+    """Per-sample ``-sum_c q_c log softmax(logits)_c`` (B,), computed in float32.
+
+    ``target_probs`` (B, C) is the soft target (e.g. the detached softmax of another view).
+    """
+    if target_probs.shape != logits.shape or logits.ndim != 2:
+        raise ValueError(
+            f"target_probs and logits must both be (batch, classes); got {tuple(target_probs.shape)} "
+            f"and {tuple(logits.shape)}"
+        )
+    return -(target_probs.float() * F.log_softmax(logits.float(), dim=1)).sum(1)
+
+
+def confidence_mask(probs: Tensor, threshold: float) -> Tensor:
+    """(B,) bool: the samples whose largest class probability reaches ``threshold`` (0 keeps all)."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold={threshold} is invalid: must be in [0, 1) (0 keeps every sample)")
+    if threshold <= 0:
+        return torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
+    return probs.max(1).values >= threshold
+
+
+def aligned_maps(
+    anchor_maps: Tensor, strong_maps: Tensor, anchor_theta: Tensor, strong_theta: Tensor, size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(target, prediction, valid), each B×1×H×W at input resolution in the strong view's frame.
+
+    ``anchor_maps``/``strong_maps`` are B×h×w maps of the two views; the anchor's are
+    carried through ``strong_theta`` (relative to ``anchor_theta``) with
+    :func:`camssl.augment.carry`; ``valid`` marks the strong view's pixels that come from
+    inside the anchor image.
+    """
+    target, valid = carry(anchor_maps[:, None], strong_theta, size, src_theta=anchor_theta)
+    pred = upsample_maps(strong_maps, size)[:, None].float()
+    return target, pred, valid
+
+
+def map_distance(target: Tensor, pred: Tensor, valid: Tensor, norm: str = "minmax", distance: str = "mse") -> Tensor:
+    """Per-sample distance (B,) between maps, both normalised over the valid pixels only."""
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown map distance {distance!r}; choose one of {', '.join(DISTANCES)}")
+    t = normalize_maps(target.float(), norm, mask=valid)
+    p = normalize_maps(pred.float(), norm, mask=valid)
+    diff = (p - t).abs() if distance == "l1" else (p - t) ** 2
+    return (diff * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1.0)
+
+
+def gradcam_targets(
+    logits: Tensor, feats: Mapping[str, Tensor], classes: Tensor, *, model: nn.Module | None = None
+) -> dict[str, Tensor]:
+    """The anchor view's Grad-CAM maps of ``classes`` as detached targets of L_G.
+
+    Computed in ``detach-weights`` mode (the target gets no gradient anyway); with
+    ``model`` a camssl model, its last stage uses the closed form. Calling this before the
+    strong view's forward lets the anchor's graph be freed early.
+    """
+    maps = grad_cam(logits, feats, classes, mode="detach-weights", model=model)
+    return {name: m.detach() for name, m in maps.items()}
+
+
+def gradcam_consistency(
+    anchor: Mapping[str, Tensor] | tuple[Tensor, Mapping[str, Tensor]],
+    strong_logits: Tensor,
+    strong_feats: Mapping[str, Tensor],
+    anchor_theta: Tensor,
+    strong_theta: Tensor,
+    *,
+    size: tuple[int, int],
+    classes: Tensor | None = None,
+    mask: Tensor | None = None,
+    first_row: int = 0,
+    mode: str = "full",
+    norm: str = "minmax",
+    distance: str = "mse",
+    model: nn.Module | None = None,
+    per_sample: bool = False,
+) -> Tensor:
+    """Grad-CAM consistency L_G between an anchor view and a strong view of the same B images.
+
+    L_G = mean over samples (and target layers) of ``d(N(E_strong), N(T(E_anchor)))``:
+    the class of both maps is the anchor's pseudo-label; the anchor's map is carried
+    into the strong view's frame through the views' geometry and detached; the strong
+    view's map is differentiable (``mode``: ``full`` or ``detach-weights``, see
+    :func:`camssl.cam.grad_cam`); both are normalised (``norm``) over the pixels the two
+    views share and compared with ``distance`` (``mse`` or ``l1``).
+
+    Args:
+        anchor: the anchor's ``(logits, feats)`` from a forward with gradients enabled,
+            or its target maps from :func:`gradcam_targets` (then ``classes`` is required).
+        strong_logits, strong_feats: the forward that contains the strong views, as rows
+            ``first_row .. first_row + B`` (earlier rows, e.g. a labeled batch sharing the
+            forward, get no map); ``strong_feats`` holds the same layers as the anchor's.
+        anchor_theta, strong_theta: (B, 2, 3) affine matrices of the two views relative to
+            the original image (:attr:`camssl.augment.View.theta`).
+        size: the input resolution (H, W) at which the maps are compared (the images' size).
+        classes: (B,) class of both maps; default: the anchor logits' argmax.
+        mask: (B,) bool/float weights of the samples (e.g. :func:`confidence_mask`);
+            masked samples count as zero in the mean.
+        model: the camssl model (closed form at its last stage); optional.
+        per_sample: return the (B,) per-sample distances instead of their masked mean.
+    """
+    if isinstance(anchor, tuple):
+        logits_a, feats_a = anchor
+        if classes is None:
+            classes = logits_a.detach().argmax(1)
+        targets = gradcam_targets(logits_a, feats_a, classes, model=model)
+    else:
+        if classes is None:
+            raise ValueError("gradcam_consistency: give classes= when anchor is a dict of target maps")
+        targets = dict(anchor)
+    b = classes.shape[0]
+    missing = sorted(set(targets) - set(strong_feats))
+    if missing:
+        raise ValueError(f"strong_feats lacks the anchor's layer(s) {', '.join(missing)}; record the same layers")
+    rows = torch.full((strong_logits.shape[0],), -1, device=classes.device, dtype=classes.dtype)
+    rows[first_row : first_row + b] = classes
+    strong_maps = grad_cam(strong_logits, {k: strong_feats[k] for k in targets}, rows, mode=mode, model=model)
+    size = (int(size[0]), int(size[1]))
+    per_layer = []
+    for name, target_maps in targets.items():
+        pred_maps = strong_maps[name][first_row : first_row + b]
+        target, pred, valid = aligned_maps(target_maps, pred_maps, anchor_theta, strong_theta, size)
+        per_layer.append(map_distance(target, pred, valid, norm, distance))
+    dist = torch.stack(per_layer).mean(0)
+    if per_sample:
+        return dist
+    return (dist * mask).mean() if mask is not None else dist.mean()
+

@@ -1,0 +1,80 @@
+"""The pieces of a run that the trainer builds from its config: the split and the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from camssl.config import TrainConfig
+from camssl.data import DataBundle, Split, make_split
+from camssl.errors import ConfigError, UserError
+from camssl.models import build_model
+
+
+def resolve_split(cfg: TrainConfig, bundle: DataBundle, run_dir: Path, resume: bool, given: Split | None) -> Split:
+    """The run's split: its split.json on resume (the truth), else ``given``, else a new seeded one."""
+    path = run_dir / "split.json"
+    if resume and path.exists():
+        split = Split.load(path)
+        if split.fingerprint != bundle.fingerprint:
+            raise UserError(
+                f"the data of '{run_dir}' differs from the data found now (fingerprint "
+                f"{split.fingerprint} vs {bundle.fingerprint}); resume with the same data.source"
+            )
+        if given is not None and not _same_split(split, given):
+            raise UserError(f"the split given to resume '{run_dir}' differs from its split.json; resume without one")
+        return split
+    if given is not None:
+        if given.fingerprint != bundle.fingerprint:
+            raise UserError(
+                f"the given split belongs to other data (fingerprint {given.fingerprint}, data {bundle.fingerprint}); "
+                "make it from the same data"
+            )
+        return given
+    return make_split(bundle.train.labels, len(bundle.train.classes), cfg.split, bundle.fingerprint,
+                      class_names=bundle.train.classes)
+
+
+def _same_split(a: Split, b: Split) -> bool:
+    return all(torch.equal(getattr(a, part), getattr(b, part)) for part in ("labeled", "unlabeled", "val"))
+
+
+def new_model(cfg: TrainConfig, num_classes: int, device: torch.device, init: Any = None) -> nn.Module:
+    """The model of ``cfg``, initialised from seed ``cfg.seed`` (without touching the global RNG), on ``device``.
+
+    ``init``: optional initial weights — a state_dict, or a run directory / checkpoint file.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build_model(cfg.model.name, num_classes, width=cfg.model.width, pretrained=cfg.model.pretrained,
+                          resize_to=cfg.model.resize_to)
+    if init is not None:
+        net.load_state_dict(_init_weights(init), strict=True)
+    net = net.to(device)
+    if cfg.model.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def _init_weights(init: Any) -> dict[str, torch.Tensor]:
+    if isinstance(init, dict):
+        return init
+    from camssl.train.checkpoint import load_run_model
+
+    model, _, _ = load_run_model(Path(init))
+    return model.state_dict()
+
+
+def check_layers(cfg: TrainConfig, net: nn.Module, layers: list[str]) -> None:
+    """Refuse layer names the model does not have."""
+    for name in layers:
+        try:
+            net.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(
+                f"method.layers: unknown layer '{name}' for {cfg.model.name}; valid stages: "
+                f"{', '.join(net.stages)} (or any module path such as {net.stages[-1]}.0)"
+            ) from None
