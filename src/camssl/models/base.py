@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from camssl.errors import ConfigError, UserError
 
-__all__ = ["CamNet", "init_weights", "load_pretrained", "scale_channels"]
+__all__ = ["CamNet", "conv3x3", "init_weights", "load_pretrained", "scale_channels"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _LISTED_KEYS = 3
@@ -33,6 +33,11 @@ _LISTED_KEYS = 3
 def scale_channels(channels: int, width: float) -> int:
     """Channel count ``channels * width`` rounded to an int, at least 4."""
     return max(4, int(round(channels * width)))
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """A 3x3 convolution with padding 1 and no bias (the ResNet and WRN building block)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def init_weights(model: nn.Module) -> None:
