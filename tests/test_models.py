@@ -57,7 +57,7 @@ def test_taps_shapes_and_values(name: str) -> None:
         logits, feats = model(x, taps=model.stages)
         manual = _manual_stages(model, x)
     assert isinstance(model, CamNet)
-    assert model.valid_taps() == model.stages
+    assert len(model.stages) == len(spatial) == len(channels)  # the zip below checks every stage
     assert plain.shape == (2, NUM_CLASSES)
     assert torch.equal(plain, logits)
     assert list(feats) == list(model.stages)

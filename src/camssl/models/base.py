@@ -80,10 +80,6 @@ class CamNet(nn.Module):
         self.name = name
         self.resize_to = resize_to
 
-    def valid_taps(self) -> tuple[str, ...]:
-        """The documented stage names (any module path of the model is also accepted)."""
-        return self.stages
-
     @overload
     def forward(self, x: Tensor, taps: None = None) -> Tensor: ...
 
