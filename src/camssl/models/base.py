@@ -130,17 +130,31 @@ class CamNet(nn.Module):
         """Logits of an (already resized) image batch."""
         raise NotImplementedError
 
-    def _resolve_tap(self, name: str) -> nn.Module:
-        if not isinstance(name, str) or not name:
-            raise self._unknown_tap(name)
-        try:
-            return self.get_submodule(name)
-        except AttributeError:
-            raise self._unknown_tap(name) from None
+    def check_layer(self, name: str, key: str | None = None) -> None:
+        """Check that ``name`` is a layer of this model: a stage or any (non-empty) module path.
 
-    def _unknown_tap(self, name: object) -> ConfigError:
-        return ConfigError(f"unknown layer {name!r} for {self.name}; valid stages: {', '.join(self.stages)} "
-                           f"(or any module path such as {self.example_tap})")
+        Args:
+            name: the layer name to check.
+            key: the config key or option the name came from (e.g. ``"method.layers"``);
+                if given, the message starts with ``"<key>: "``.
+
+        Raises:
+            ConfigError: one line naming the layer and the model, listing the valid stages
+                and an example module path.
+        """
+        if isinstance(name, str) and name:
+            try:
+                self.get_submodule(name)
+                return
+            except AttributeError:
+                pass
+        prefix = f"{key}: " if key else ""
+        raise ConfigError(f"{prefix}unknown layer {name!r} for {self.name}; valid stages: {', '.join(self.stages)} "
+                          f"(or any module path such as {self.example_tap})")
+
+    def _resolve_tap(self, name: str) -> nn.Module:
+        self.check_layer(name)
+        return self.get_submodule(name)
 
 
 def _store_output(feats: dict[str, Tensor], name: str) -> Callable[[nn.Module, Any, Tensor], None]:
