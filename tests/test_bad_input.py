@@ -25,7 +25,7 @@ from PIL import Image
 from camssl.cli import main
 from camssl.config import load_config
 from camssl.distributed import Dist
-from camssl.errors import ConfigError
+from camssl.errors import ConfigError, DataError, UserError
 from camssl.methods import METHODS, Batch, StepContext, StepOutput
 from camssl.methods.supervised import Supervised
 from camssl.models import build_model
@@ -154,6 +154,12 @@ def test_unknown_model_and_layer_list_the_valid_ones(tmp_path, capsys):
     fails(["train", "--model", "wrn28_2", "--method", "gradcam", "--layer", "layer4", "--width", "0.125",
            "--out", str(tmp_path / "r")], capsys, "unknown layer 'layer4' for wrn28_2", "layer1, layer2, layer3")
     assert not (tmp_path / "r").exists()
+
+
+def test_user_errors_are_value_errors_for_library_callers():
+    assert issubclass(UserError, ValueError) and issubclass(ConfigError, UserError) and issubclass(DataError, UserError)
+    with pytest.raises(ValueError, match="unknown model 'resnet9'"):
+        build_model("resnet9", 10)
 
 
 def test_sync_bn_cases_are_refused_before_training():

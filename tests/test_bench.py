@@ -13,6 +13,16 @@ QUICK = ["--quick", "--widths", "0.125", "--batch", "4", "--reps", "2", "--warmu
          "--exp-reps", "1"]
 
 
+def targets_table(text: str) -> dict[str, str]:
+    """target -> the result cell of each row of the report's Targets table."""
+    section = text.split("\n## Targets", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    header, *body = ([cell.strip() for cell in row.strip("|").split("|")] for row in rows)
+    assert header[0] == "target" and header[-1] == "result", header
+    assert all(len(row) == len(header) for row in body), body
+    return {row[0]: row[-1] for row in body}
+
+
 def test_bench_writes_report(tmp_path, capsys):
     out = tmp_path / "docs" / "benchmarks.md"
     assert bench.main([*QUICK, "--out", str(out)], prog="camssl bench") == 0
@@ -27,7 +37,16 @@ def test_bench_writes_report(tmp_path, capsys):
         steps.append("reference (captum) @ layer3")
     for step in steps:
         assert f"| {step}" in text, step
-    assert "PASS" in text or "MISS" in text
+    expected = [f"gradcam @ layer3 {mode} ÷ pseudo_label (time)" for mode in ("full", "detach-weights")]
+    if bench.captum_status() is None:
+        expected.append("reference (captum) ÷ gradcam @ layer3 full (time)")
+    expected.append("views ÷ pseudo_label step (augmentation share)")
+    expected += [f"peak memory gradcam @ layer3 {mode} ÷ pseudo_label" for mode in ("full", "detach-weights")]
+    verdicts = targets_table(text)
+    assert list(verdicts) == expected
+    assert all(verdict in ("PASS", "**MISS**") for verdict in verdicts.values()), verdicts
+    met = sum(verdict == "PASS" for verdict in verdicts.values())
+    assert f"{met} of {len(expected)} targets met." in text
     printed = capsys.readouterr().out
     assert "Targets" in printed and f"wrote {out}" in printed
 

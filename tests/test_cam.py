@@ -150,12 +150,14 @@ def _reference_maps(logits: Tensor, feat: Tensor, classes: Tensor, *, create_gra
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_full_mode_trains_layers_after_target(train: bool) -> None:
+@pytest.mark.parametrize("mode", ["full", "detach-weights"])
+def test_grad_mode_decides_whether_layers_after_target_train(mode: str, train: bool) -> None:
+    """full: the maps train the layers after the target too; detach-weights: they stop at it."""
     model = make_model("resnet18", 0.25).train(train)
     images, classes = make_batch()
     logits, feats = model(images, taps=["layer3"])
-    maps = grad_cam(logits, feats, classes, mode="full", model=model)["layer3"]
-    reference = _reference_maps(logits, feats["layer3"], classes, create_graph=True)
+    maps = grad_cam(logits, feats, classes, mode=mode, model=model)["layer3"]
+    reference = _reference_maps(logits, feats["layer3"], classes, create_graph=mode == "full")
     assert rel_err(maps, reference) <= 1e-12
 
     weights = torch.rand(maps.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -163,31 +165,15 @@ def test_full_mode_trains_layers_after_target(train: bool) -> None:
     reference_grads = param_grads((reference * weights).sum(), model)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference_grads[name])
-        if not name.startswith(("layer4", "fc")) or name.endswith("weight"):
-            assert grad.abs().sum() > 0, name
-    # alpha depends on the weights after the target layer, not on the classifier's bias
-    # (nor, in eval mode, on BatchNorm biases: the network is piecewise linear)
-    assert grads["fc.bias"].abs().sum() == 0
-
-
-@pytest.mark.parametrize("train", [False, True])
-def test_detach_weights_mode_stops_at_target_layer(train: bool) -> None:
-    model = make_model("resnet18", 0.25).train(train)
-    images, classes = make_batch()
-    logits, feats = model(images, taps=["layer3"])
-    maps = grad_cam(logits, feats, classes, mode="detach-weights", model=model)["layer3"]
-    reference = _reference_maps(logits, feats["layer3"], classes, create_graph=False)
-    assert rel_err(maps, reference) <= 1e-12
-
-    weights = torch.rand(maps.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    grads = param_grads((maps * weights).sum(), model)
-    reference_grads = param_grads((reference * weights).sum(), model)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, reference_grads[name])
-        if name.startswith(("layer4", "fc")):
+        after_target = name.startswith(("layer4", "fc"))
+        if mode == "detach-weights" and after_target:
             assert grad.abs().sum() == 0, name
-        else:
+        elif not after_target or name.endswith("weight"):
             assert grad.abs().sum() > 0, name
+    if mode == "full":
+        # alpha depends on the weights after the target layer, not on the classifier's bias
+        # (nor, in eval mode, on BatchNorm biases: the network is piecewise linear)
+        assert grads["fc.bias"].abs().sum() == 0
 
 
 def test_full_and_detach_weights_give_the_same_maps() -> None:

@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from camssl.cli import main
+from camssl.config import dump_yaml, load_config
+from camssl.models import build_model
 
 TINY = ["--width", "0.125", "--labeled", "200", "--ratio", "1", "--epochs", "1", "optim.batch_size=32"]
 
@@ -82,6 +85,20 @@ def test_bad_input_is_one_line_with_exit_2(argv, needle, capsys, tmp_path):
         argv = [*argv, "--out", str(tmp_path / "r")]
     assert main(argv) == 2
     assert needle in one_line_error(capsys)
+
+
+def test_cam_command_names_an_unknown_layer(tmp_path, capsys):
+    # The layer is checked before any data is read: config.yaml and best.pt are all it needs.
+    cfg = load_config("demo", ["model.width=0.125"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    model = build_model(cfg.model.name, 3, width=cfg.model.width, resize_to=cfg.model.resize_to)
+    torch.save({"model": model.state_dict(), "classes": ["a", "b", "c"]}, run / "best.pt")
+    assert main(["cam", str(run), "--layer", "layer9"]) == 2
+    err = one_line_error(capsys)
+    assert f"unknown layer 'layer9' for {cfg.model.name}; valid stages: {', '.join(model.stages)} " in err
+    assert f"(or any module path such as {model.example_tap})" in err
 
 
 def test_existing_run_is_refused_and_kept(gradcam_run, capsys):

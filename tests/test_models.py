@@ -57,7 +57,7 @@ def test_taps_shapes_and_values(name: str) -> None:
         logits, feats = model(x, taps=model.stages)
         manual = _manual_stages(model, x)
     assert isinstance(model, CamNet)
-    assert model.valid_taps() == model.stages
+    assert len(model.stages) == len(spatial) == len(channels)  # the zip below checks every stage
     assert plain.shape == (2, NUM_CLASSES)
     assert torch.equal(plain, logits)
     assert list(feats) == list(model.stages)
@@ -119,6 +119,28 @@ def test_unknown_tap_raises_config_error(bad: str) -> None:
     assert "layer1, layer2, layer3, layer4" in message
     assert "\n" not in message
     assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_check_layer_accepts_stages_and_module_paths(name: str) -> None:
+    model = _model(name)
+    for layer in (*model.stages, model.example_tap, "fc"):
+        assert model.check_layer(layer) is None, layer
+
+
+def test_check_layer_message_is_the_one_forward_gives() -> None:
+    model = _model("resnet18")
+    with pytest.raises(ConfigError) as from_forward:
+        model(_images(), taps=["layer9"])
+    with pytest.raises(ConfigError) as plain:
+        model.check_layer("layer9")
+    with pytest.raises(ConfigError) as keyed:
+        model.check_layer("layer9", key="method.layers")
+    assert str(plain.value) == str(from_forward.value) == (
+        "unknown layer 'layer9' for resnet18; valid stages: layer1, layer2, layer3, layer4 "
+        "(or any module path such as layer3.0.conv1)"
+    )
+    assert str(keyed.value) == "method.layers: " + str(plain.value)
 
 
 def test_hooks_removed_when_forward_fails() -> None:

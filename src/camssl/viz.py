@@ -13,6 +13,7 @@ from __future__ import annotations
 import io as _io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,9 @@ from torch import Tensor, nn
 from camssl import io
 from camssl.augment import Augmenter, View, carry
 from camssl.cam import grad_cam, upsample_maps
+
+if TYPE_CHECKING:
+    from camssl.models import CamNet
 
 
 @dataclass
@@ -190,16 +194,12 @@ def render_run(
 ) -> Path:
     """``camssl cam``: a CAM grid of a trained run, written as PNG; returns its path."""
     from camssl.data import load_data
-    from camssl.errors import ConfigError
 
     from camssl.train.checkpoint import load_run_model
 
     model, cfg, classes = load_run_model(run_dir, checkpoint)
     layer = layer or cfg.diagnostic_layer()
-    try:
-        model.get_submodule(layer)
-    except AttributeError:
-        raise ConfigError(f"unknown layer '{layer}' for {cfg.model.name}; valid stages: {', '.join(model.stages)}") from None
+    model.check_layer(layer)
     if images is not None:
         x, y = folder_images(Path(images), cfg.data.image_size, classes, n)
     else:

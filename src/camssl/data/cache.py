@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from camssl.data._fileio import atomic_path
 from camssl.data.images import ImageSet, RawSource
+from camssl.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from camssl.data._fileio import atomic_path
 from camssl.data.cifar import ARCHIVE_NAME
 from camssl.errors import DataError
+from camssl.io import atomic_path
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from camssl.data._fileio import atomic_path
 from camssl.errors import ConfigError, DataError
+from camssl.io import atomic_path
 
 SPLIT_FORMAT = "camssl-split"
 SPLIT_VERSION = 1

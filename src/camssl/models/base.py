@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from camssl.errors import ConfigError, UserError
 
-__all__ = ["CamNet", "init_weights", "load_pretrained", "scale_channels"]
+__all__ = ["CamNet", "conv3x3", "init_weights", "load_pretrained", "scale_channels"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _LISTED_KEYS = 3
@@ -33,6 +33,11 @@ _LISTED_KEYS = 3
 def scale_channels(channels: int, width: float) -> int:
     """Channel count ``channels * width`` rounded to an int, at least 4."""
     return max(4, int(round(channels * width)))
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """A 3x3 convolution with padding 1 and no bias (the ResNet and WRN building block)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def init_weights(model: nn.Module) -> None:
@@ -74,10 +79,6 @@ class CamNet(nn.Module):
             raise ConfigError(f"resize_to must be a positive integer or null, got {resize_to!r}; e.g. resize_to: 256")
         self.name = name
         self.resize_to = resize_to
-
-    def valid_taps(self) -> tuple[str, ...]:
-        """The documented stage names (any module path of the model is also accepted)."""
-        return self.stages
 
     @overload
     def forward(self, x: Tensor, taps: None = None) -> Tensor: ...
@@ -129,17 +130,31 @@ class CamNet(nn.Module):
         """Logits of an (already resized) image batch."""
         raise NotImplementedError
 
-    def _resolve_tap(self, name: str) -> nn.Module:
-        if not isinstance(name, str) or not name:
-            raise self._unknown_tap(name)
-        try:
-            return self.get_submodule(name)
-        except AttributeError:
-            raise self._unknown_tap(name) from None
+    def check_layer(self, name: str, key: str | None = None) -> None:
+        """Check that ``name`` is a layer of this model: a stage or any (non-empty) module path.
 
-    def _unknown_tap(self, name: object) -> ConfigError:
-        return ConfigError(f"unknown layer {name!r} for {self.name}; valid stages: {', '.join(self.stages)} "
-                           f"(or any module path such as {self.example_tap})")
+        Args:
+            name: the layer name to check.
+            key: the config key or option the name came from (e.g. ``"method.layers"``);
+                if given, the message starts with ``"<key>: "``.
+
+        Raises:
+            ConfigError: one line naming the layer and the model, listing the valid stages
+                and an example module path.
+        """
+        if isinstance(name, str) and name:
+            try:
+                self.get_submodule(name)
+                return
+            except AttributeError:
+                pass
+        prefix = f"{key}: " if key else ""
+        raise ConfigError(f"{prefix}unknown layer {name!r} for {self.name}; valid stages: {', '.join(self.stages)} "
+                          f"(or any module path such as {self.example_tap})")
+
+    def _resolve_tap(self, name: str) -> nn.Module:
+        self.check_layer(name)
+        return self.get_submodule(name)
 
 
 def _store_output(feats: dict[str, Tensor], name: str) -> Callable[[nn.Module, Any, Tensor], None]:

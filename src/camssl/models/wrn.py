@@ -14,15 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from camssl.models.base import CamNet, init_weights, scale_channels
+from camssl.models.base import CamNet, conv3x3, init_weights, scale_channels
 
 __all__ = ["WideBasicBlock", "WideResNet"]
 
 _LEAKY_SLOPE = 0.1
-
-
-def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 class WideBasicBlock(nn.Module):
@@ -36,10 +32,10 @@ class WideBasicBlock(nn.Module):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu1 = nn.LeakyReLU(_LEAKY_SLOPE)
-        self.conv1 = _conv3x3(in_planes, out_planes, stride)
+        self.conv1 = conv3x3(in_planes, out_planes, stride)
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.relu2 = nn.LeakyReLU(_LEAKY_SLOPE)
-        self.conv2 = _conv3x3(out_planes, out_planes)
+        self.conv2 = conv3x3(out_planes, out_planes)
         self.shortcut = None
         if stride != 1 or in_planes != out_planes:
             self.shortcut = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
@@ -76,7 +72,7 @@ class WideResNet(CamNet):
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
         blocks = (depth - 4) // 6
         stem, *groups = (scale_channels(c, width) for c in (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor))
-        self.conv1 = _conv3x3(3, stem)
+        self.conv1 = conv3x3(3, stem)
         self.layer1 = self._make_group(stem, groups[0], blocks, stride=1, activate_before_residual=True)
         self.layer2 = self._make_group(groups[0], groups[1], blocks, stride=2)
         self.layer3 = self._make_group(groups[1], groups[2], blocks, stride=2)
