@@ -10,8 +10,8 @@ What is checked, and why the tolerances are what they are:
 - A real `camssl train` under torchrun finishes, only rank 0 prints and writes (one set of
   files, one TensorBoard event file with the scalars and the CAM images), the ranks took
   disjoint shares of every global batch, and together exactly the batches a one-process
-  run takes (indices.json, written with record_indices=true from the indices each rank
-  actually used).
+  run takes (recorded from ``Batch.idx_l`` by the test method ``index_log``, which is
+  ``supervised`` plus that record in its checkpointed state; tests/camssl_test_methods.py).
 - Both ranks SIGKILLed after the first checkpoint: `torchrun ... --resume` reproduces the
   uninterrupted 2-process run to 1e-6 (every rank gets its own RNG state back).
 - Its numbers are close to a one-process run with the same global batch, but not equal:
@@ -35,8 +35,11 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from camssl.config import load_config
 from camssl.train import train
+from camssl_test_methods import PLUGIN_ENV
 
 HERE = Path(__file__).parent
 TINY = ["--width", "0.125", "--labeled", "200", "--ratio", "1", "--epochs", "2",
@@ -47,7 +50,7 @@ def torchrun_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", **PLUGIN_ENV}
 
 
 def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -83,12 +86,12 @@ def test_ddp_gradients_are_those_of_data_parallel_sgd(tmp_path):
 def runs(tmp_path_factory):
     """The same supervised run (unaugmented labeled view) with 2 processes and with 1."""
     root = tmp_path_factory.mktemp("ddp")
-    args = [*TINY, "--method", "supervised", "labeled_view=original", "record_indices=true"]
+    args = [*TINY, "--method", "index_log", "labeled_view=original"]
     proc = torchrun("-m", "camssl", "train", "--out", str(root / "ddp"), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = load_config("demo", [
         "model.width=0.125", "split.n_labeled=200", "split.ratio=1", "optim.epochs=2", "optim.batch_size=32",
-        "threads=1", "method.name=supervised", "labeled_view=original", "record_indices=true", "cam_grid=false",
+        "threads=1", "method.name=index_log", "labeled_view=original", "cam_grid=false",
     ])
     train(single, root / "single", log=lambda s: None)
     return root / "ddp", root / "single", proc
@@ -102,7 +105,7 @@ def test_two_processes_finish_and_only_rank_0_writes(runs):
     assert proc.stdout.count("epoch   1/2") == 1 and proc.stdout.count("test accuracy") == 1
     assert "x 2 processes (gloo)" in proc.stdout
     assert sorted(p.name for p in ddp.iterdir()) == [
-        "best.pt", "config.yaml", "figures", "indices.json", "last.pt", "metrics.jsonl", "result.json",
+        "best.pt", "config.yaml", "figures", "last.pt", "metrics.jsonl", "result.json",
         "split.json", "tb",
     ]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -119,8 +122,8 @@ def test_two_processes_finish_and_only_rank_0_writes(runs):
 
 def test_ranks_take_disjoint_shares_of_the_same_global_batches(runs):
     ddp, single, _ = runs
-    rec = json.loads((ddp / "indices.json").read_text())
-    one = json.loads((single / "indices.json").read_text())
+    rec = torch.load(ddp / "last.pt", weights_only=True)["method"]["log"]
+    one = torch.load(single / "last.pt", weights_only=True)["method"]["log"]
     assert rec["world"] == 2 and one["world"] == 1
     r0, r1 = rec["labeled"]
     (whole,) = one["labeled"]
@@ -213,8 +216,6 @@ def test_sigkilled_two_process_run_resumes_exactly(tmp_path):
     for pid in workers:  # the training processes die at once, wherever they are
         os.kill(pid, signal.SIGKILL)
     launcher.wait(timeout=60)
-    import torch
-
     state = torch.load(killed / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and len(state["rng_ranks"]) == 2 and not (killed / "result.json").exists()
 

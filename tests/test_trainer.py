@@ -46,7 +46,7 @@ def test_smoke_run_writes_a_self_describing_run_dir(tmp_path, method):
     assert set(saved["per_class_test_acc"]) == {"airplane", "automobile", "bird", "cat", "deer",
                                                  "dog", "frog", "horse", "ship", "truck"}
     assert saved["n_test"] == 500 and saved["n_labeled"] == 200
-    assert saved["n_unlabeled"] == (200 if method == "pseudo_label" else 200)
+    assert saved["n_unlabeled"] == 200  # the split does not depend on the method
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert all("val_acc" in r and "loss_s" in r for r in records)
@@ -99,3 +99,61 @@ def test_schedule_shapes():
     assert lr_factor(4, 100, "cosine", 10) == pytest.approx(0.5)
     assert lr_factor(30, 100, "onecycle", 0) == pytest.approx(1.0)
     assert lr_factor(70, 100, "constant", 0) == 1.0
+
+
+# ---------------------------------------------------------------- a trainer an outer loop drives
+
+
+def test_trainer_is_driven_with_a_given_split_initial_weights_and_a_fixed_budget(tmp_path):
+    from camssl.data import load_data, make_split
+    from camssl.train import Trainer
+
+    cfg = tiny("supervised", "optim.epochs=1", "optim.steps_per_epoch=4")
+    data = load_data(cfg.data, seed=0)
+    split = make_split(data.train.labels, 10, cfg.split, data.fingerprint, class_names=data.train.classes)
+    grown = Split(labeled=split.labeled[:96], unlabeled=split.unlabeled, val=split.val, config=split.config,
+                  fingerprint=split.fingerprint)
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    rng = torch.get_rng_state()
+    first = Trainer(cfg, tmp_path / "a", data=data, split=grown, log=lambda s: None)
+    # the constructor changes nothing process-wide
+    assert torch.get_num_threads() == threads and torch.are_deterministic_algorithms_enabled() == deterministic
+    assert torch.equal(torch.get_rng_state(), rng)
+    result = first.fit()
+    assert result["steps"] == 4 and result["n_labeled"] == 96  # budget fixed, not 96 // 32 = 3 steps
+    assert Split.load(tmp_path / "a" / "split.json").labeled.tolist() == grown.labeled.tolist()
+
+    # a second run starts from the first one's fitted weights: its run directory (best.pt,
+    # here the only epoch) or a state_dict
+    fitted = {k: v.clone() for k, v in first.net.state_dict().items()}
+    for init in (tmp_path / "a", fitted):
+        second = Trainer(cfg, tmp_path / "b", data=data, split=grown, init=init, log=lambda s: None)
+        assert all(torch.equal(v, fitted[k]) for k, v in second.net.state_dict().items())
+    fresh = Trainer(cfg, tmp_path / "c", data=data, split=grown, log=lambda s: None)
+    assert not all(torch.equal(v, fitted[k]) for k, v in fresh.net.state_dict().items())
+
+
+def test_a_split_of_other_data_is_refused(tmp_path):
+    from camssl.data import load_data, make_split
+    from camssl.train import Trainer
+
+    cfg = tiny("supervised")
+    data = load_data(cfg.data, seed=0)
+    split = make_split(data.train.labels, 10, cfg.split, "another-fingerprint")
+    with pytest.raises(UserError, match="belongs to other data"):
+        Trainer(cfg, tmp_path / "r", data=data, split=split, log=lambda s: None)
+
+
+def test_weight_decay_can_spare_batchnorm_and_biases(tmp_path):
+    from camssl.train import Trainer
+
+    plain = Trainer(tiny("supervised"), tmp_path / "a", log=lambda s: None)
+    assert [g["weight_decay"] for g in plain.optimizer.param_groups] == [5e-4]
+    spared = Trainer(tiny("supervised", "optim.no_decay_bn_bias=true"), tmp_path / "b", log=lambda s: None)
+    decay, plain_group = spared.optimizer.param_groups
+    assert decay["weight_decay"] == 5e-4 and plain_group["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in plain_group["params"])
+    bn = {id(p) for m in spared.net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert bn and bn <= {id(p) for p in plain_group["params"]}
+    assert len(decay["params"]) + len(plain_group["params"]) == len(list(spared.net.parameters()))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io as _io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +20,6 @@ from torch import Tensor, nn
 from camssl import io
 from camssl.augment import Augmenter, View, carry
 from camssl.cam import grad_cam, upsample_maps
-
-if TYPE_CHECKING:
-    from camssl.models import CamNet
 
 
 @dataclass

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -107,17 +107,13 @@ class CamNet(nn.Module):
         """
         if taps is None:
             return self._logits(x)
+        from camssl.cam import capture
+
         names = [taps] if isinstance(taps, str) else list(dict.fromkeys(taps))
-        modules = {name: self._resolve_tap(name) for name in names}
-        feats: dict[str, Tensor] = {}
-        handles = []
-        try:
-            for name, module in modules.items():
-                handles.append(module.register_forward_hook(_store_output(feats, name)))
+        for name in names:
+            self.check_layer(name)
+        with capture(self, names) as feats:
             logits = self._logits(x)
-        finally:
-            for handle in handles:
-                handle.remove()
         return logits, {name: feats[name] for name in names}
 
     def _logits(self, x: Tensor) -> Tensor:
@@ -152,15 +148,6 @@ class CamNet(nn.Module):
         raise ConfigError(f"{prefix}unknown layer {name!r} for {self.name}; valid stages: {', '.join(self.stages)} "
                           f"(or any module path such as {self.example_tap})")
 
-    def _resolve_tap(self, name: str) -> nn.Module:
-        self.check_layer(name)
-        return self.get_submodule(name)
-
-
-def _store_output(feats: dict[str, Tensor], name: str) -> Callable[[nn.Module, Any, Tensor], None]:
-    def hook(module: nn.Module, args: Any, output: Tensor) -> None:
-        feats[name] = output
-    return hook
 
 
 def load_pretrained(model: CamNet, path: str | os.PathLike[str]) -> CamNet:

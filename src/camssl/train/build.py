@@ -10,7 +10,7 @@ from torch import nn
 
 from camssl.config import TrainConfig
 from camssl.data import DataBundle, Split, make_split
-from camssl.errors import ConfigError, UserError
+from camssl.errors import UserError
 from camssl.models import build_model
 
 
@@ -68,13 +68,8 @@ def _init_weights(init: Any) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def check_layers(cfg: TrainConfig, net: nn.Module, layers: list[str]) -> None:
-    """Refuse layer names the model does not have."""
-    for name in layers:
-        try:
-            net.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(
-                f"method.layers: unknown layer '{name}' for {cfg.model.name}; valid stages: "
-                f"{', '.join(net.stages)} (or any module path such as {net.stages[-1]}.0)"
-            ) from None
+def check_layers(cfg: TrainConfig, net: nn.Module) -> None:
+    """Refuse layer names (the method's map layers, the diagnostic layer) that the model does not have."""
+    for name in cfg.method.cam_layers():
+        net.check_layer(name, key="method.layers")
+    net.check_layer(cfg.diagnostic_layer(), key="map_layer" if cfg.map_layer else "method.layers")

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from camssl import io
 from camssl.augment import Augmenter
-from camssl.config import TrainConfig
+from camssl.config import TrainConfig, dump_yaml
 from camssl.data import DataBundle, Split, load_data
 from camssl.data.streams import IndexStream
 from camssl.distributed import Dist
@@ -98,7 +98,7 @@ class Trainer:
         # training step calls (DistributedDataParallel around ``net`` with several processes)
         self.net = build.new_model(cfg, self.num_classes, self.device, init)
         self.method: Method = METHODS[cfg.method.name](cfg.method, label_smoothing=cfg.optim.label_smoothing)
-        build.check_layers(cfg, self.net, [*cfg.method.cam_layers(), cfg.diagnostic_layer()])
+        build.check_layers(cfg, self.net)
         if self.dist.enabled:
             ddp.check_sync_bn(cfg, self.net, self.method)
         if self.method.uses_unlabeled and len(self.split.unlabeled) == 0:
@@ -301,6 +301,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.dist.main and not (self.run_dir / "config.yaml").exists():  # driven from outside: no run dir yet
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            io.write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         if self.dist.main and not (self.resume and (self.run_dir / "split.json").exists()):
             self.split.save(self.run_dir / "split.json")
         self.writer = self._tensorboard()
