@@ -31,17 +31,17 @@ import torch
 import torch.distributed as dist
 
 from camssl.augment import AugmentConfig, Augmenter
-from camssl.config import MethodConfig
+from camssl.config import method_config
 from camssl.methods import METHODS, Batch, StepContext
 from camssl.models import build_model
 from camssl.train.ddp import wrap_ddp
 
 CASES = {
-    "supervised": MethodConfig(name="supervised"),
-    "pseudo_label": MethodConfig(name="pseudo_label"),
-    "gradcam_full_layer3": MethodConfig(name="gradcam", layers=["layer3"], grad_mode="full"),
-    "gradcam_detach_layer3": MethodConfig(name="gradcam", layers=["layer3"], grad_mode="detach-weights"),
-    "gradcam_full_layer4_closed_form": MethodConfig(name="gradcam", layers=["layer4", "layer2"], grad_mode="full"),
+    "supervised": method_config("supervised"),
+    "pseudo_label": method_config("pseudo_label"),
+    "gradcam_full_layer3": method_config("gradcam", layers=["layer3"], grad_mode="full"),
+    "gradcam_detach_layer3": method_config("gradcam", layers=["layer3"], grad_mode="detach-weights"),
+    "gradcam_full_layer4_closed_form": method_config("gradcam", layers=["layer4", "layer2"], grad_mode="full"),
 }
 
 
@@ -96,7 +96,7 @@ def main() -> None:
     # one process with the whole batch vs W processes with a share each, BatchNorm in eval mode
     torch.manual_seed(1)
     net = build_model("resnet18", 10, width=0.125).eval()
-    method = METHODS["supervised"](MethodConfig(name="supervised"))
+    method = METHODS["supervised"](method_config("supervised"))
     whole = copy.deepcopy(net)
     ctx = StepContext(model=whole, augmenter=augmenter, generator=torch.Generator(), epoch=0.0, labeled_view="original")
     method.step(ctx, Batch(x_l, y_l)).loss.backward()

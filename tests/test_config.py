@@ -70,3 +70,45 @@ def test_base_inheritance_and_unknown_preset(tmp_path):
 def test_a_sweep_spec_is_not_a_training_config():
     with pytest.raises(ConfigError, match="camssl sweep"):
         load_config("table1-cpu")
+
+
+# ---------------------------------------------------------------- per-method configuration
+
+
+def test_each_method_parses_its_own_section():
+    from camssl.methods.gradcam import GradCAMConfig
+    from camssl.methods.pseudo_label import PseudoLabelConfig
+    from camssl.methods.supervised import SupervisedConfig
+
+    assert type(load_config("demo").method) is GradCAMConfig
+    sup = load_config("demo", ["method.name=supervised"])  # the demo preset's gradcam fields are dropped
+    assert type(sup.method) is SupervisedConfig and "layers" not in sup.to_dict()["method"]
+    pl = load_config("demo", ["method.name=pseudo_label", "method.threshold=0.9"])
+    assert type(pl.method) is PseudoLabelConfig and pl.method.threshold == 0.9
+    assert sup.diagnostic_layer() == "layer3" and load_config("demo", ["method.layers=layer2"]).diagnostic_layer() == "layer2"
+    assert load_config("demo", ["method.name=supervised", "map_layer=layer1"]).diagnostic_layer() == "layer1"
+
+
+def test_method_keys_are_checked_against_the_chosen_method():
+    with pytest.raises(ConfigError) as e:
+        load_config("demo", ["method.name=supervised", "method.gamma=2"])
+    assert "method.gamma" in str(e.value) and "for method supervised" in str(e.value) and "alpha" in str(e.value)
+    with pytest.raises(ConfigError, match="for method gradcam: .*grad_mode"):
+        load_config("demo", ["method.gama=2"])
+    with pytest.raises(ConfigError, match="method.name='nope' is unknown; choose one of: gradcam, pseudo_label"):
+        load_config("demo", ["method.name=nope"])
+
+
+def test_a_preset_key_that_no_method_has_is_refused(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("method:\n  name: gradcam\n  layerz: [layer3]\n")
+    with pytest.raises(ConfigError, match="unknown config key method.layerz"):
+        load_config(str(preset), ["method.name=supervised"])
+
+
+def test_method_config_builds_one_config_and_names_bad_fields():
+    from camssl.config import method_config
+
+    assert method_config("gradcam", layers=["layer2"]).layers == ["layer2"]
+    with pytest.raises(ConfigError, match="valid keys for method pseudo_label"):
+        method_config("pseudo_label", layers=["layer2"])

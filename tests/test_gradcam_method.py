@@ -9,9 +9,9 @@ from torch import nn
 
 from camssl.augment import AugmentConfig, Augmenter
 from camssl.cam import grad_cam
-from camssl.config import MethodConfig
+from camssl.config import method_config
 from camssl.methods import METHODS, Batch, StepContext
-from camssl.methods.gradcam import aligned_maps, map_distance
+from camssl.losses import aligned_maps, map_distance
 from camssl.models import build_model
 
 
@@ -71,7 +71,7 @@ def test_equivariant_model_gives_zero_loss_under_flips_and_crops(layer, norm):
     maps_a = grad_cam(logits_a, feats_a, classes, model=model)[layer].detach()
     logits_v, feats_v = model(view.images, taps=[layer])
     maps_v = grad_cam(logits_v, feats_v, classes, model=model)[layer]
-    target, pred, valid = aligned_maps(maps_a, maps_v, anchor, view, (32, 32))
+    target, pred, valid = aligned_maps(maps_a, maps_v, anchor.theta, view.theta, (32, 32))
     assert valid.mean() < 1.0  # the crops really cut something away
     loss = map_distance(target, pred, valid, norm, "mse")
     scale = map_distance(torch.zeros_like(target), pred, valid, norm, "mse")
@@ -90,7 +90,7 @@ def test_equivariance_through_the_method_step(monkeypatch):
     model = PointwiseNet()
     aug = Augmenter(AugmentConfig())
     monkeypatch.setattr(aug, "strong", aug.weak)  # flips + whole-pixel crops as the "strong" view
-    method = METHODS["gradcam"](MethodConfig(name="gradcam", layers=["layer1", "layer2"]))
+    method = METHODS["gradcam"](method_config("gradcam", layers=["layer1", "layer2"]))
     x = smooth_images(8)
     ctx = StepContext(model=model, augmenter=aug, generator=torch.Generator().manual_seed(3), epoch=1.0)
     out = method.step(ctx, Batch(x[:4], torch.arange(4), x, torch.zeros(8, dtype=torch.long)))
@@ -113,11 +113,11 @@ def tiny_batch(seed: int = 0) -> Batch:
 
 def test_gamma_zero_is_exactly_the_pseudo_label_ablation():
     model, ctx = tiny_ctx()
-    out_g = METHODS["gradcam"](MethodConfig(name="gradcam", gamma=0.0)).step(ctx, tiny_batch())
+    out_g = METHODS["gradcam"](method_config("gradcam", gamma=0.0)).step(ctx, tiny_batch())
     out_g.loss.backward()
     grads_g = [p.grad.clone() for p in model.parameters()]
     model2, ctx2 = tiny_ctx()
-    out_p = METHODS["pseudo_label"](MethodConfig(name="pseudo_label")).step(ctx2, tiny_batch())
+    out_p = METHODS["pseudo_label"](method_config("pseudo_label")).step(ctx2, tiny_batch())
     out_p.loss.backward()
     assert torch.allclose(out_g.loss, out_p.loss, atol=1e-6)
     for a, b in zip(grads_g, [p.grad for p in model2.parameters()]):
@@ -127,7 +127,7 @@ def test_gamma_zero_is_exactly_the_pseudo_label_ablation():
 @pytest.mark.parametrize("mode, fc_moves", [("full", True), ("detach-weights", False)])
 def test_loss_g_reaches_the_right_parameters(mode, fc_moves):
     model, ctx = tiny_ctx()
-    cfg = MethodConfig(name="gradcam", alpha=0.0, beta=0.0, gamma=1.0, layers=["layer3"], grad_mode=mode)
+    cfg = method_config("gradcam", alpha=0.0, beta=0.0, gamma=1.0, layers=["layer3"], grad_mode=mode)
     out = METHODS["gradcam"](cfg).step(ctx, tiny_batch())
     assert float(out.metrics["loss_g"]) > 0
     out.loss.backward()
@@ -138,11 +138,11 @@ def test_loss_g_reaches_the_right_parameters(mode, fc_moves):
 
 def test_threshold_masks_l_p_and_l_g_and_rampup():
     model, ctx = tiny_ctx()
-    cfg = MethodConfig(name="gradcam", threshold=0.999)  # an untrained net is never this sure
+    cfg = method_config("gradcam", threshold=0.999)  # an untrained net is never this sure
     out = METHODS["gradcam"](cfg).step(ctx, tiny_batch())
     assert float(out.metrics["mask_rate"]) == 0.0
     assert float(out.metrics["loss_p"]) == 0.0 and float(out.metrics["loss_g"]) == 0.0
-    method = METHODS["gradcam"](MethodConfig(name="gradcam", gamma=2.0, gamma_rampup_epochs=4))
+    method = METHODS["gradcam"](method_config("gradcam", gamma=2.0, gamma_rampup_epochs=4))
     assert method.gamma_at(0) == 0.0 and method.gamma_at(1) == 0.5 and method.gamma_at(10) == 2.0
 
 

@@ -72,6 +72,16 @@ def method_config_class(name: Any) -> type[MethodConfig]:
     return METHODS[name].Config
 
 
+def method_config(name: str, **fields: Any) -> MethodConfig:
+    """The config of method ``name`` with ``fields`` set, e.g. ``method_config("gradcam", layers=["layer2"])``."""
+    cls = method_config_class(name)
+    valid = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    unknown = sorted(set(fields) - valid)
+    if unknown:
+        raise ConfigError(f"unknown config key method.{unknown[0]}; valid keys for method {name}: {', '.join(sorted(valid))}")
+    return cls(**fields)
+
+
 def other_methods_keys(name: str) -> set[str]:
     """Fields of other registered methods that the method ``name`` does not have."""
     from camssl.methods import METHODS

@@ -48,9 +48,9 @@ class Batch:
 
     x_l: Tensor
     y_l: Tensor
-    idx_l: Tensor | None = None
     x_u: Tensor | None = None
     y_u: Tensor | None = None
+    idx_l: Tensor | None = None
     idx_u: Tensor | None = None
 
 

@@ -200,7 +200,7 @@ def load_run_model(path: str | Path, checkpoint: str = "best") -> tuple[nn.Modul
     path = Path(path)
     run_dir, file = (path, path / f"{checkpoint}.pt") if path.is_dir() else (path.parent, path)
     if not path.exists():
-        raise UserError(f"'{path}' does not exist; give a camssl run directory (the --out of a training run) or its .pt file")
+        raise UserError(f"'{path}' is not a camssl run directory (it does not exist); pass the --out of a training run or its .pt file")
     if not (run_dir / "config.yaml").exists():
         raise UserError(f"'{run_dir}' is not a camssl run directory (no config.yaml); pass the --out of a training run")
     cfg = read_run_config(run_dir)
