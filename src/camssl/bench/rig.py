@@ -162,7 +162,7 @@ class CaptumReference(Method):
                                                   grad_kwargs=grad_kwargs)
         map_strong = self.layer_gradcam.attribute(strong.images, target=classes, relu_attributions=True,
                                                   grad_kwargs=grad_kwargs)
-        target, pred, valid = aligned_maps(map_anchor.detach()[:, 0], map_strong[:, 0], anchor, strong, size)
+        target, pred, valid = aligned_maps(map_anchor.detach()[:, 0], map_strong[:, 0], anchor.theta, strong.theta, size)
         loss_g = map_distance(target, pred, valid, cfg.norm, cfg.distance).mean()
         return StepOutput(cfg.alpha * loss_s + cfg.beta * loss_p + cfg.gamma * loss_g)
 
