@@ -283,7 +283,7 @@ def test_a_sweep_killed_mid_run_continues_where_it_stopped(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = out / "r1.0/pseudo_label/s0"
     deadline = time.time() + 300
-    while not (run / "last.pt").exists() and time.time() < deadline:
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # the checkpoint's last file
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
