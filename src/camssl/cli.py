@@ -6,6 +6,8 @@
     camssl config [--config ...] [section.key=value ...]     print the resolved config
     camssl cam RUN_DIR [--images DIR] [--layer L]             Grad-CAM grid of a trained run
     camssl sweep SPEC --out DIR [--jobs N]                     a grid of runs (resumable)
+    camssl sweep SPEC --out DIR --launcher slurm [...]         ... as a Slurm job array (submitit)
+    camssl sweep DIR --status                                  each run's state
     camssl table SWEEP_DIR                                     tables, paired CIs, figure
     camssl bench [--quick]                                     step cost per method (docs/benchmarks.md)
     camssl download cifar10 DIR

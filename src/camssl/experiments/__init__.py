@@ -27,7 +27,12 @@ writes the run's config.yaml first), so a crash or a kill stays isolated and a l
 sweep continues it from its last checkpoint; runs with a result.json are skipped. The
 plan is written to ``sweep.json``; each run's output to ``RUN_DIR/train.log``.
 
-The modules: :mod:`.spec` (specs and plans), :mod:`.runner` (running a plan), :mod:`.stats`,
+``--launcher slurm`` submits the same runs as one Slurm job array through submitit
+instead (:mod:`.slurm`; options in the spec's ``launcher:`` section, :mod:`.slurm_options`),
+and ``camssl sweep DIR --status`` shows every run's state for either launcher (:mod:`.status`).
+
+The modules: :mod:`.spec` (specs and plans), :mod:`.runner` (running a plan), :mod:`.slurm`,
+:mod:`.slurm_job` (what a Slurm job runs), :mod:`.slurm_options`, :mod:`.status`, :mod:`.stats`,
 :mod:`.tables` (``camssl table``), :mod:`.paper` (the paper's numbers), :mod:`.cli`.
 
 ``camssl table DIR`` reads the plan and the runs' result.json files and writes
@@ -46,6 +51,8 @@ from camssl.experiments.cli import (
     cmd_table,
 )
 from camssl.experiments.runner import run_state, run_sweep
+from camssl.experiments.slurm import submit_sweep
+from camssl.experiments.slurm_options import SlurmOptions, plan_with_launcher, slurm_options
 from camssl.experiments.spec import (
     Plan,
     Run,
@@ -55,6 +62,7 @@ from camssl.experiments.spec import (
     spec_path,
 )
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff, t_quantile_975
+from camssl.experiments.status import print_status, sweep_status
 from camssl.experiments.tables import (
     READING_BEGIN,
     READING_END,
@@ -72,6 +80,7 @@ __all__ = [
     "PairedDiff",
     "Plan",
     "Run",
+    "SlurmOptions",
     "Stat",
     "SweepResults",
     "add_sweep_arguments",
@@ -84,9 +93,14 @@ __all__ = [
     "load_spec",
     "paired_diff",
     "plan_sweep",
+    "plan_with_launcher",
+    "print_status",
     "run_state",
     "run_sweep",
+    "slurm_options",
     "spec_path",
+    "submit_sweep",
+    "sweep_status",
     "t_quantile_975",
     "write_tables",
 ]

@@ -1,4 +1,9 @@
-"""Running a planned sweep: one subprocess per run, finished runs skipped, killed ones resumed."""
+"""Running a planned sweep: one subprocess per run, finished runs skipped, killed ones resumed.
+
+What a run needs wherever it runs (its state, its directory prepared, its command, its
+log, the reason it failed, the sweep's lock and record) is shared with the Slurm
+launcher (:mod:`.slurm`).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO
 
 from camssl import io
 from camssl.config import TrainConfig, config_differences, dump_yaml, from_dict, read_yaml, to_dict
@@ -47,8 +52,40 @@ def run_state(run_dir: Path, cfg: TrainConfig) -> tuple[str, str]:
         )
     if (run_dir / "result.json").exists():
         return "done", ""
+    return "resume", progress(run_dir)
+
+
+def progress(run_dir: Path) -> str:
+    """How far an unfinished run got: "after epoch N" (its last checkpoint) or "from the start"."""
     epochs = len(io.read_jsonl(run_dir / "metrics.jsonl")) if (run_dir / "last.pt").exists() else 0
-    return "resume", f"after epoch {epochs}" if epochs else "from the start"
+    return f"after epoch {epochs}" if epochs else "from the start"
+
+
+def prepare_run(run_dir: Path, run: Run, state: str) -> None:
+    """Write a new run's config.yaml; its directory then holds a run that ``--resume`` starts."""
+    if state == "new":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        io.write_text(run_dir / "config.yaml", dump_yaml(run.config))
+
+
+def train_command(run_dir: Path, gpus: int = 0) -> list[str]:
+    """``python -m camssl train --resume RUN_DIR`` of a prepared run; under torchrun for several GPUs."""
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"] if gpus > 1 else []
+    return [sys.executable, *launch, "-m", "camssl", "train", "--resume", str(run_dir)]
+
+
+def run_env(threads: int) -> dict[str, str]:
+    """The environment of a run's process: ``threads`` CPU threads, unbuffered output."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+
+
+def open_log(run_dir: Path, how: str, cmd: Sequence[str]) -> tuple[BinaryIO, int]:
+    """RUN_DIR/train.log opened for appending, after a header line; (file, offset of this attempt)."""
+    logf = open(run_dir / "train.log", "ab")  # noqa: SIM115 - the caller closes it
+    offset = logf.tell()
+    logf.write(f"=== camssl sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {how}: {shlex.join(cmd)}\n".encode())
+    logf.flush()
+    return logf, offset
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
@@ -62,13 +99,13 @@ def _pct(x: Any) -> str:
     return "—" if not isinstance(x, (int, float)) else f"{100 * x:.1f}%"
 
 
-def _brief(result: dict[str, Any] | None) -> str:
+def brief(result: dict[str, Any] | None) -> str:
     if not result:
         return "no result"
     return f"val {_pct(result.get('val_acc'))} test {_pct(result.get('test_acc'))}"
 
 
-def _failure_reason(log_path: Path, offset: int, rc: int) -> str:
+def failure_reason(log_path: Path, offset: int, rc: int) -> str:
     try:
         with open(log_path, "rb") as f:
             f.seek(offset)
@@ -120,12 +157,7 @@ def run_sweep(
     out = Path(out)
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is invalid: run at least 1 at a time")
-    runs = [r for r in plan.runs if not only or any(fnmatch.fnmatch(r.id, p) for p in only)]
-    if not runs:
-        raise UserError(
-            f"--only {' '.join(only)} matches none of the {len(plan.runs)} runs (ids look like r0.5/pseudo_label/s0)"
-        )
-    _check_sources(runs)
+    runs = select_runs(plan, only)
     threads = max(1, usable_cores() // jobs)
     states = {r.id: run_state(out / r.id, r.config) for r in runs}
     counts = {k: sum(1 for s, _ in states.values() if s == k) for k in ("done", "resume", "new", "conflict")}
@@ -142,8 +174,28 @@ def run_sweep(
         log("dry run: nothing was started or written")
         return 0
 
+    lock = lock_sweep(out)  # held (and inherited by the runs) until the sweep ends
+    try:
+        return _execute(plan, out, runs, states, jobs, threads, lock.fileno(), command, log)
+    finally:
+        lock.close()
+
+
+def select_runs(plan: Plan, only: Sequence[str]) -> list[Run]:
+    """The plan's runs whose id matches one of the ``--only`` globs (all without), their data checked."""
+    runs = [r for r in plan.runs if not only or any(fnmatch.fnmatch(r.id, p) for p in only)]
+    if not runs:
+        raise UserError(
+            f"--only {' '.join(only)} matches none of the {len(plan.runs)} runs (ids look like r0.5/pseudo_label/s0)"
+        )
+    _check_sources(runs)
+    return runs
+
+
+def lock_sweep(out: Path) -> IO[str]:
+    """Take the sweep directory's lock (held while the returned file is open), or fail if it is busy."""
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".sweep.lock", "w")  # noqa: SIM115 - held (and inherited by the runs) until the sweep ends
+    lock = open(out / ".sweep.lock", "w")  # noqa: SIM115 - closed by the caller
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -152,10 +204,19 @@ def run_sweep(
             f"another camssl sweep is working in '{out}' (or runs it started are still finishing); "
             "wait for it or stop it first"
         ) from None
+    return lock
+
+
+def sweep_busy(out: Path) -> bool:
+    """Whether a local ``camssl sweep`` (or a run it started) holds the directory's lock now."""
     try:
-        return _execute(plan, out, runs, states, jobs, threads, lock.fileno(), command, log)
-    finally:
-        lock.close()
+        with open(out / ".sweep.lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
 
 
 def _check_sources(runs: Sequence[Run]) -> None:
@@ -169,7 +230,8 @@ def _check_sources(runs: Sequence[Run]) -> None:
                 )
 
 
-def _session_record(out: Path, plan: Plan, command: str, jobs: int, threads: int) -> dict[str, Any]:
+def session_record(out: Path, plan: Plan, command: str, **fields: Any) -> dict[str, Any]:
+    """sweep.json: the plan and the sessions that worked on it, this one last (with ``fields``)."""
     previous = []
     try:
         previous = json.loads((out / "sweep.json").read_text()).get("sessions", [])
@@ -178,8 +240,8 @@ def _session_record(out: Path, plan: Plan, command: str, jobs: int, threads: int
     session = {
         "command": command,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "jobs": jobs,
-        "threads_per_run": threads,
+        "started_at": round(time.time(), 1),
+        **fields,
         "host": platform.node(),
         "machine": f"{cpu_name()}, {usable_cores()} cores available, {platform.system()} {platform.release()}",
         "python": platform.python_version(),
@@ -198,8 +260,8 @@ def _execute(
     command: str,
     log: Callable[[str], None],
 ) -> int:
-    record = _session_record(out, plan, command, jobs, threads)
-    io.write_json(out / "sweep.json", record)
+    record = session_record(out, plan, command, launcher="local", jobs=jobs, threads_per_run=threads)
+    session = record["sessions"][-1]
     t_start = time.time()
     total = len(runs)
     done = 0
@@ -211,7 +273,7 @@ def _execute(
         if state == "done":
             done += 1
             skipped += 1
-            log(f"[{done}/{total}] {r.id} already finished ({_brief(read_result(out / r.id))}), skipped")
+            log(f"[{done}/{total}] {r.id} already finished ({brief(read_result(out / r.id))}), skipped")
         elif state == "conflict":
             done += 1
             failures.append((r.id, detail))
@@ -219,21 +281,20 @@ def _execute(
         else:
             queue.append(r)
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    def save() -> None:  # what camssl sweep --status reads while the sweep runs
+        session.update(running=[a.run.id for a in active], queued=[r.id for r in queue], failures=dict(failures))
+        io.write_json(out / "sweep.json", record)
+
+    env = run_env(threads)
     active: list[_Active] = []
+    save()
 
     def launch(r: Run) -> None:
         run_dir = out / r.id
         state, detail = states[r.id]
-        if state == "new":
-            run_dir.mkdir(parents=True, exist_ok=True)
-            io.write_text(run_dir / "config.yaml", dump_yaml(r.config))
-        cmd = [sys.executable, "-m", "camssl", "train", "--resume", str(run_dir)]
-        logf = open(run_dir / "train.log", "ab")  # noqa: SIM115 - closed when the run ends
-        offset = logf.tell()
-        how = "new run" if state == "new" else f"resuming {detail}"
-        logf.write(f"=== camssl sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {how}: {shlex.join(cmd)}\n".encode())
-        logf.flush()
+        prepare_run(run_dir, r, state)
+        cmd = train_command(run_dir)
+        logf, offset = open_log(run_dir, "new run" if state == "new" else f"resuming {detail}", cmd)
         try:
             proc = subprocess.Popen(
                 cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, pass_fds=(lock_fd,)
@@ -241,6 +302,7 @@ def _execute(
         finally:
             logf.close()
         active.append(_Active(r, proc, offset, time.time(), "" if state == "new" else detail))
+        save()
 
     def finish(a: _Active, rc: int) -> None:
         nonlocal done, ran, finished
@@ -252,11 +314,12 @@ def _execute(
         note = f" (resumed {a.resumed})" if a.resumed else ""
         if rc == 0 and result is not None:
             finished += 1
-            log(f"[{done}/{total}] {a.run.id} done in {minutes:.1f} min: {_brief(result)}{note}")
-            return
-        reason = _failure_reason(run_dir / "train.log", a.log_offset, rc) if rc != 0 else "finished without result.json"
-        failures.append((a.run.id, f"{reason} (log: {run_dir / 'train.log'})"))
-        log(f"[{done}/{total}] {a.run.id} FAILED after {minutes:.1f} min: {reason}")
+            log(f"[{done}/{total}] {a.run.id} done in {minutes:.1f} min: {brief(result)}{note}")
+        else:
+            reason = failure_reason(run_dir / "train.log", a.log_offset, rc) if rc else "finished without result.json"
+            failures.append((a.run.id, f"{reason} (log: {run_dir / 'train.log'})"))
+            log(f"[{done}/{total}] {a.run.id} FAILED after {minutes:.1f} min: {reason}")
+        save()
 
     previous_term = signal.getsignal(signal.SIGTERM)
     in_main = _in_main_thread()
@@ -291,9 +354,9 @@ def _execute(
         if in_main:
             signal.signal(signal.SIGTERM, previous_term)
         wall = time.time() - t_start
-        record["sessions"][-1].update(
+        session.update(
             finished=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=round(wall, 1), ran=ran, done=finished, skipped=skipped,
-            failed=len(failures),
+            failed=len(failures), running=[], queued=[], failures=dict(failures),
         )
         io.write_json(out / "sweep.json", record)
 
