@@ -28,7 +28,7 @@ from camssl.experiments import slurm
 from camssl.experiments.runner import train_command
 from camssl.experiments.slurm_options import SlurmOptions, plan_with_launcher, slurm_options
 from camssl.experiments.status import sweep_status
-from camssl.trainer import train
+from camssl.train import train
 
 SPEC = """\
 base: demo

@@ -144,6 +144,7 @@ class TrainConfig:
     seed: int = 0  # training seed (init, batch order, augmentation); split.seed picks the split
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"  # auto: bf16 where the GPU has it natively, else fp16 (+ grad scaler)
     deterministic: bool = False  # torch.use_deterministic_algorithms for bit-exact reruns
     sync_bn: bool = False  # multi-process CUDA runs: synchronise BatchNorm statistics in every step
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)

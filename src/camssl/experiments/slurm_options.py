@@ -18,13 +18,11 @@ Bad values are one-line :class:`~camssl.errors.ConfigError` messages naming the 
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from camssl.config import load_yaml_tree
 from camssl.errors import ConfigError
@@ -164,23 +162,6 @@ def slurm_options(section: Any, cli: Mapping[str, Any], where: str = "the spec")
 
 
 def plan_with_launcher(spec: str | Path, overrides: Sequence[str] = ()) -> tuple[Plan, Any]:
-    """The plan of a sweep spec and its ``launcher:`` section (None without one).
-
-    spec.load_spec does not know the section (it would call it an unknown config key), so
-    a spec with one is planned from a copy of its resolved tree without it; the plan keeps
-    the spec's own path. (Drop the copy once spec.load_spec sets ``launcher`` aside.)
-    """
+    """The plan of a sweep spec and its ``launcher:`` section (None without one)."""
     path = spec_path(spec)
-    tree = load_yaml_tree(str(path))
-    if "launcher" not in tree:
-        return plan_sweep(path, overrides), None
-    section = tree.pop("launcher")
-    with tempfile.TemporaryDirectory(prefix="camssl-spec-") as tmp:
-        copy = Path(tmp) / path.name
-        copy.write_text(yaml.safe_dump(tree, sort_keys=False))
-        try:
-            plan = plan_sweep(copy, overrides)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace(str(copy), str(path))) from None
-    plan.spec = path
-    return plan, section
+    return plan_sweep(path, overrides), load_yaml_tree(str(path)).get("launcher")

@@ -159,6 +159,7 @@ def load_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config tree of the spec, its ``sweep:`` section); ConfigError on a malformed spec."""
     path = spec_path(path)
     tree = load_yaml_tree(str(path))
+    tree.pop("launcher", None)  # how to run the sweep (experiments.slurm_options), not a run's config
     sweep = tree.pop("sweep", None)
     if not isinstance(sweep, dict):
         raise ConfigError(

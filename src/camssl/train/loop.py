@@ -158,7 +158,9 @@ class Trainer:
     def _amp_dtype(self) -> torch.dtype | None:
         if not (self.cfg.amp and self.device.type == "cuda"):
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if self.cfg.amp_dtype != "auto":
+            return torch.bfloat16 if self.cfg.amp_dtype == "bf16" else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
     def _tensorboard(self) -> Any:
         if not self.dist.main:
