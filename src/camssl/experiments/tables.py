@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io as _stdio
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,19 @@ from camssl.experiments.paper import (
     PAPER_PROTOCOL,
     PAPER_TABLE1,
 )
-from camssl.experiments.runner import read_result
-from camssl.experiments.spec import SWEEP_FORMAT, format_ratio
+from camssl.experiments.spec import format_ratio
+from camssl.experiments.figure import figure3
+from camssl.experiments.results import (
+    _METRICS,
+    _RULES,
+    SweepResults,
+    _Metric,
+    _values,
+    header_label,
+    layer_of,
+    role_of,
+    settings_by_role,
+)
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff
 
 SELECTIONS = ("final", "best-val")
@@ -27,121 +36,6 @@ _DIAGNOSTICS = ("loss_g", "map_agreement", "blank_maps", "pl_acc")  # last-epoch
 # a hand-written reading of the results goes between these markers; `camssl table` keeps it
 READING_BEGIN = "<!-- reading:begin (hand-written; kept when camssl table rewrites this file) -->"
 READING_END = "<!-- reading:end -->"
-
-
-@dataclass
-class _Metric:
-    key: str  # "val" | "test"
-    title: str
-
-
-_METRICS = (_Metric("val", "validation accuracy (the paper's metric)"), _Metric("test", "test accuracy"))
-_RULES = {
-    "final": (
-        "**final epoch**: every number is from the weights after the last epoch — its validation "
-        "accuracy (the paper's metric) and its test accuracy (`camssl table --select best-val` gives the "
-        "other rule)."
-    ),
-    "best-val": (
-        "**best validation epoch**: validation accuracy is the best seen during training (what the authors' "
-        "code reports; the maximum over epochs biases it upward) and test accuracy is that of the weights at "
-        "that epoch (model selection on validation data; the test set is never used to choose)."
-    ),
-}
-
-
-def _values(result: dict[str, Any], select: str) -> dict[str, float | None]:
-    if select == "final":
-        v, t = result.get("val_acc"), result.get("test_acc")
-    else:
-        v, t = result.get("best_val_acc"), result.get("test_acc_at_best_val")
-    return {"val": None if v is None else 100 * float(v), "test": None if t is None else 100 * float(t)}
-
-
-@dataclass
-class SweepResults:
-    """The plan of a sweep directory and the results of its finished runs."""
-
-    dir: Path
-    plan: dict[str, Any]
-    results: dict[str, dict[str, Any]]  # run id -> result.json
-    last_epoch: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> its last metrics.jsonl record
-
-    @classmethod
-    def load(cls, sweep_dir: str | Path) -> SweepResults:
-        d = Path(sweep_dir)
-        path = d / "sweep.json"
-        if not path.is_file():
-            raise UserError(f"'{d}' holds no sweep.json; give the --out directory of a camssl sweep")
-        try:
-            plan = json.loads(path.read_text())
-        except ValueError as e:
-            raise UserError(f"'{path}' is not valid JSON ({e}); run the sweep again to rewrite it") from None
-        if not isinstance(plan, dict) or plan.get("format") != SWEEP_FORMAT:
-            raise UserError(f"'{path}' is not a camssl sweep plan")
-        results, last_epoch = {}, {}
-        for r in plan["runs"]:
-            res = read_result(d / r["id"])
-            if res is not None:
-                results[r["id"]] = res
-                records = io.read_jsonl(d / r["id"] / "metrics.jsonl")
-                if records:
-                    last_epoch[r["id"]] = records[-1]
-        return cls(d, plan, results, last_epoch)
-
-    def runs(self, **match: Any) -> list[dict[str, Any]]:
-        return [r for r in self.plan["runs"] if all(r.get(k) == v for k, v in match.items())]
-
-    def cell_runs(self, setting: str, ratio: float | None) -> list[dict[str, Any]]:
-        """The finished runs of one cell (ratio None, or a baseline setting: every seed's baseline run)."""
-        return [
-            r for r in self.plan["runs"]
-            if r["setting"] == setting and r["id"] in self.results
-            and (ratio is None or r["group"] != "grid" or r["ratio"] == ratio)
-        ]
-
-    def per_seed(self, setting: str, ratio: float | None, metric: str, select: str) -> dict[int, float]:
-        """seed -> value (%) of one cell's finished runs (ratio None: a baseline)."""
-        out = {}
-        for r in self.cell_runs(setting, ratio):
-            v = _values(self.results[r["id"]], select)[metric]
-            if v is not None:
-                out[int(r["seed"])] = v
-        return out
-
-    def diagnostic(self, setting: str, ratio: float | None, key: str) -> Stat | None:
-        """Mean ± std over seeds of a final-epoch training diagnostic (``map_agreement``, ``blank_maps``...)."""
-        values = [self.last_epoch.get(r["id"], {}).get(key) for r in self.cell_runs(setting, ratio)]
-        return Stat.of([float(v) for v in values if isinstance(v, (int, float))])
-
-    def map_layer(self, setting: str) -> str | None:
-        """The layer a setting's map diagnostics were measured at (``TrainConfig.diagnostic_layer``)."""
-        from camssl.config import TrainConfig, drop_other_methods_keys, from_dict
-        from camssl.errors import ConfigError
-
-        for r in self.plan["runs"]:
-            res = self.results.get(r["id"])
-            if r["setting"] == setting and res:
-                try:
-                    return from_dict(TrainConfig, drop_other_methods_keys(res.get("config", {}))).diagnostic_layer()
-                except ConfigError:
-                    return None
-        return None
-
-
-def _settings_by_role(sr: SweepResults) -> tuple[list[str], list[str], list[str]]:
-    """(Table I columns from the grid, ablation settings, baseline settings), in spec order."""
-    roles = {r["setting"]: r["role"] for r in sr.plan["runs"]}
-    columns = [s for s in sr.plan["settings"] if roles.get(s) != "ablation"]
-    ablations = [s for s in sr.plan["settings"] if roles.get(s) == "ablation"]
-    return columns, ablations, list(sr.plan["baselines"])
-
-
-def _layer_of(sr: SweepResults, setting: str) -> str | None:
-    for r in sr.plan["runs"]:
-        if r["setting"] == setting and r["role"] == "gradcam":
-            return r["layer"]
-    return None
 
 
 def _paper_cell(role: str, layer: str | None, ratio: float | None) -> tuple[float, float] | None:
@@ -180,16 +74,6 @@ def _diff_text(d: PairedDiff | None) -> str:
     return f"{d.mean:+.2f} {'**' + ci + '**' if d.excludes_zero else ci} (n={d.n})"
 
 
-def _header_label(sr: SweepResults, setting: str) -> str:
-    layer = _layer_of(sr, setting)
-    gradcam_layers = [_layer_of(sr, s) for s in sr.plan["settings"] if _layer_of(sr, s)]
-    return layer if layer and gradcam_layers.count(layer) == 1 else setting
-
-
-def _role_of(sr: SweepResults, setting: str) -> str:
-    return next((r["role"] for r in sr.plan["runs"] if r["setting"] == setting), "other")
-
-
 def build_tables(
     sr: SweepResults, select: str = "final", reading: str | None = None
 ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -202,10 +86,10 @@ def build_tables(
         raise UserError(f"--select {select} is invalid; choose one of: {', '.join(SELECTIONS)}")
     plan = sr.plan
     ratios = [float(r) for r in plan["ratios"]]
-    columns, ablations, baselines = _settings_by_role(sr)
+    columns, ablations, baselines = settings_by_role(sr)
     ablation = ablations[0] if ablations else None
     baseline = baselines[0] if baselines else None
-    gradcams = [s for s in columns if _role_of(sr, s) == "gradcam"]
+    gradcams = [s for s in columns if role_of(sr, s) == "gradcam"]
 
     csv_rows: list[dict[str, Any]] = []
     for rule in SELECTIONS:  # the CSV holds both selection rules; the markdown the chosen one
@@ -251,8 +135,8 @@ def _csv_rows(
     def row(
         section: str, metric: str, ratio: float | None, setting: str, st: Stat | PairedDiff | None, **kw: Any
     ) -> None:
-        role = _role_of(sr, setting)
-        paper = kw.pop("paper", _paper_cell(role, _layer_of(sr, setting), ratio) if metric == "val" else None)
+        role = role_of(sr, setting)
+        paper = kw.pop("paper", _paper_cell(role, layer_of(sr, setting), ratio) if metric == "val" else None)
         rec = {
             "section": section,
             "metric": metric,
@@ -260,7 +144,7 @@ def _csv_rows(
             "ratio": "" if ratio is None else format_ratio(ratio),
             "setting": setting,
             "role": role,
-            "layer": _layer_of(sr, setting) or "",
+            "layer": layer_of(sr, setting) or "",
             "n": st.n if st else 0,
             "mean_pct": _num(st.mean if st else None),
             "std_pct": _num(st.std if st else None),
@@ -291,8 +175,8 @@ def _csv_rows(
 
 
 def _paper_diff(sr: SweepResults, setting: str, comparator: str, ratio: float) -> tuple[float, None] | None:
-    a = _paper_cell(_role_of(sr, setting), _layer_of(sr, setting), ratio)
-    b = _paper_cell(_role_of(sr, comparator), _layer_of(sr, comparator), ratio)
+    a = _paper_cell(role_of(sr, setting), layer_of(sr, setting), ratio)
+    b = _paper_cell(role_of(sr, comparator), layer_of(sr, comparator), ratio)
     if a is None or b is None:
         return None
     return (round(a[0] - b[0], 2), None)
@@ -385,7 +269,7 @@ def _md_table1(
     sr: SweepResults, select: str, m: _Metric, ratios: list[float], columns: list[str], baseline: str | None
 ) -> list[str]:
     cols = [*columns, *([baseline] if baseline else [])]
-    heads = [_header_label(sr, s) if s != baseline else f"baseline ({s})" for s in cols]
+    heads = [header_label(sr, s) if s != baseline else f"baseline ({s})" for s in cols]
     lines = [f"## Table I — {m.title}, %", ""]
     if m.key == "test":
         lines += ["The paper reports no test accuracy (its official test set was never used); its validation "
@@ -395,7 +279,7 @@ def _md_table1(
         cells = []
         for s in cols:
             st = Stat.of(list(sr.per_seed(s, ratio, m.key, select).values()))
-            paper = _paper_cell(_role_of(sr, s), _layer_of(sr, s), ratio) if m.key == "val" else None
+            paper = _paper_cell(role_of(sr, s), layer_of(sr, s), ratio) if m.key == "val" else None
             cells.append(_ms(st, len(sr.plan["seeds"])) + _paper_ms(paper))
         lines.append(f"| {format_ratio(ratio)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
@@ -422,7 +306,7 @@ def _md_table2(
     for ratio in ratios:
         best = _best_gradcam(sr, select, ratio, gradcams)
         ab = sr.per_seed(ablation, ratio, m.key, select)
-        cells = [format_ratio(ratio), _header_label(sr, best) if best else "—"]
+        cells = [format_ratio(ratio), header_label(sr, best) if best else "—"]
         if best:
             a = sr.per_seed(best, ratio, m.key, select)
             cells += [
@@ -477,7 +361,7 @@ def _md_diffs(
     for ratio in ratios:
         for s in rows:
             a = sr.per_seed(s, ratio, m.key, select)
-            cells = [format_ratio(ratio), _header_label(sr, s) if s != ablation else f"ablation ({s})"]
+            cells = [format_ratio(ratio), header_label(sr, s) if s != ablation else f"ablation ({s})"]
             for c in comps:
                 if c == s:
                     cells += ["—", "—"] if m.key == "val" else ["—"]
@@ -538,7 +422,7 @@ def _md_maps(sr: SweepResults, ratios: list[float], settings: list[str]) -> list
         "Cells: agreement / blank, mean over seeds.",
         "",
     ]
-    heads = [f"{'gradcam' if _header_label(sr, s) == _layer_of(sr, s) else s} @{sr.map_layer(s)}" for s in settings]
+    heads = [f"{'gradcam' if header_label(sr, s) == layer_of(sr, s) else s} @{sr.map_layer(s)}" for s in settings]
     lines += ["| ratio | " + " | ".join(heads) + " |", "|---|" + "---|" * len(settings)]
     for ratio in ratios:
         cells = []
@@ -563,47 +447,6 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    return buf.getvalue()
-
-
-def figure3(sr: SweepResults, select: str = "final") -> bytes:
-    """PNG bytes: accuracy vs ratio, one line per Grad-CAM layer plus baseline and ablation, ±1 std bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ratios = [float(r) for r in sr.plan["ratios"]]
-    columns, ablations, baselines = _settings_by_role(sr)
-    lines_spec = [(s, _header_label(sr, s), "-", "o") for s in columns]
-    lines_spec += [(s, f"ablation ({s})", "--", "s") for s in ablations[:1]]
-    lines_spec += [(s, f"baseline ({s})", ":", "^") for s in baselines[:1]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    n = max(1, len(lines_spec))
-    span = (max(ratios) - min(ratios)) if len(ratios) > 1 else 1.0
-    for ax, m in zip(axes, _METRICS, strict=True):
-        for i, (s, label, ls, marker) in enumerate(lines_spec):
-            xs, ys, es = [], [], []
-            for r in ratios:
-                st = Stat.of(list(sr.per_seed(s, r, m.key, select).values()))
-                if st is None:
-                    continue
-                xs.append(r + (i - (n - 1) / 2) * 0.012 * span)  # small offsets keep the bars apart
-                ys.append(st.mean)
-                es.append(st.std or 0.0)
-            if xs:
-                ax.errorbar(xs, ys, yerr=es, label=label, linestyle=ls, marker=marker, capsize=3, linewidth=1.4)
-        ax.set_xticks(ratios, [format_ratio(r) for r in ratios])
-        ax.set_xlabel("unlabeled / labeled ratio")
-        ax.set_ylabel("accuracy, %")
-        ax.set_title(m.title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    rule = "final epoch" if select == "final" else "best validation epoch"
-    fig.suptitle(f"Figure 3: accuracy vs ratio (mean ± std over {len(sr.plan['seeds'])} seeds; {rule})", fontsize=11)
-    buf = _stdio.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
 
 
