@@ -109,3 +109,21 @@ def test_small_losses_and_their_errors():
         confidence_mask(probs, 1.5)
     with pytest.raises(ValueError, match="batch, classes"):
         soft_cross_entropy(probs[:1], logits)
+
+
+def test_pairs_with_a_blank_target_are_left_out_when_asked():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, width=0.125).eval()
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    augmenter = Augmenter(AugmentConfig())
+    anchor, strong = augmenter.original(x), augmenter.strong(x, torch.Generator().manual_seed(3))
+    logits, feats = model(strong.images, taps=["layer3"])
+    targets = {"layer3": torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(4)) + 0.1}
+    targets["layer3"][0] = 0.0  # a blank target map (a ReLU-zeroed Grad-CAM map)
+    args = (targets, logits, feats, anchor.theta, strong.theta)
+    plain = gradcam_consistency(*args, size=(32, 32), classes=logits.argmax(1), details=True)
+    guarded = gradcam_consistency(*args, size=(32, 32), classes=logits.argmax(1), details=True,
+                                  skip_blank_targets=True)
+    assert plain.blank[:, 0].tolist() == [True, False, False, False] and torch.equal(plain.blank, guarded.blank)
+    assert guarded.distances[0] == 0 and torch.equal(plain.distances[1:], guarded.distances[1:])
+    assert float(guarded.loss) == pytest.approx(float(plain.distances[1:].sum() / 4))  # masked: counts as zero

@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 
-from reference_runs import REFERENCE, RUNS, cpu_name, run
+from reference_runs import REFERENCE, RUNS, SINCE, cpu_name, run
 
 REF = json.loads(REFERENCE.read_text())
 SAME_MACHINE = REF["cpu"] == cpu_name() and REF["torch"] == torch.__version__
@@ -35,7 +35,7 @@ def _flat(prefix: str, value, out: dict) -> dict:
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_metrics_match_the_pre_refactor_reference(name, tmp_path):
-    got = run(name, tmp_path / name)
+    got = run(name, tmp_path / name, SINCE.get(name))
     ref = REF["runs"][name]
     expected = _flat("", ref, {})
     actual = _flat("", {"metrics": [{k: r[k] for k in e if k in r} for r, e in zip(got["metrics"], ref["metrics"])],

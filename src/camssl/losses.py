@@ -25,6 +25,7 @@ Example (any ``nn.Module``; ``theta`` are the views' 2×3 affine matrices, see
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ __all__ = [
     "gradcam_consistency",
     "gradcam_targets",
     "map_distance",
+    "blank_targets",
     "soft_cross_entropy",
 ]
 
@@ -93,6 +95,24 @@ def map_distance(target: Tensor, pred: Tensor, valid: Tensor, norm: str = "minma
     return (diff * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1.0)
 
 
+def blank_targets(target: Tensor, valid: Tensor, norm: str = "minmax") -> Tensor:
+    """(B,) bool: the carried target maps that are blank on the valid pixels once normalised.
+
+    A blank target (all zero where the views overlap: a Grad-CAM map that the ReLU
+    zeroed, or one carried from outside the object) can only be matched by a blank
+    prediction, so it pulls the strong view's map towards zero.
+    """
+    return normalize_maps(target.float(), norm, mask=valid).flatten(1).amax(1) <= 0
+
+
+class MapLoss(NamedTuple):
+    """:func:`gradcam_consistency` with ``details=True``."""
+
+    loss: Tensor  # the scalar L_G
+    distances: Tensor  # (B,) per-sample distance (mean over layers of the kept pairs)
+    blank: Tensor  # (B, layers) bool: pairs whose target map is blank
+
+
 def gradcam_targets(
     logits: Tensor, feats: Mapping[str, Tensor], classes: Tensor, *, model: nn.Module | None = None
 ) -> dict[str, Tensor]:
@@ -121,8 +141,9 @@ def gradcam_consistency(
     norm: str = "minmax",
     distance: str = "mse",
     model: nn.Module | None = None,
-    per_sample: bool = False,
-) -> Tensor:
+    skip_blank_targets: bool = False,
+    details: bool = False,
+) -> Tensor | MapLoss:
     """Grad-CAM consistency L_G between an anchor view and a strong view of the same B images.
 
     L_G = mean over samples (and target layers) of ``d(N(E_strong), N(T(E_anchor)))``:
@@ -145,7 +166,11 @@ def gradcam_consistency(
         mask: (B,) bool/float weights of the samples (e.g. :func:`confidence_mask`);
             masked samples count as zero in the mean.
         model: the camssl model (closed form at its last stage); optional.
-        per_sample: return the (B,) per-sample distances instead of their masked mean.
+        skip_blank_targets: leave out the pairs whose carried target map is blank
+            (:func:`blank_targets`): they count as zero, like masked samples, instead of
+            pulling the strong view's map to zero (camssl's guard against collapsed maps;
+            not in the paper).
+        details: return a :class:`MapLoss` (loss, per-sample distances, blank pairs).
     """
     if isinstance(anchor, tuple):
         logits_a, feats_a = anchor
@@ -164,13 +189,18 @@ def gradcam_consistency(
     rows[first_row : first_row + b] = classes
     strong_maps = grad_cam(strong_logits, {k: strong_feats[k] for k in targets}, rows, mode=mode, model=model)
     size = (int(size[0]), int(size[1]))
-    per_layer = []
+    per_layer, blank = [], []
     for name, target_maps in targets.items():
         pred_maps = strong_maps[name][first_row : first_row + b]
         target, pred, valid = aligned_maps(target_maps, pred_maps, anchor_theta, strong_theta, size)
         per_layer.append(map_distance(target, pred, valid, norm, distance))
-    dist = torch.stack(per_layer).mean(0)
-    if per_sample:
-        return dist
-    return (dist * mask).mean() if mask is not None else dist.mean()
+        blank.append(blank_targets(target, valid, norm))
+    d, is_blank = torch.stack(per_layer, 1), torch.stack(blank, 1)
+    if skip_blank_targets:
+        kept = (~is_blank).float()
+        dist = (d * kept).sum(1) / kept.sum(1).clamp_min(1.0)
+    else:
+        dist = d.mean(1)
+    loss = (dist * mask).mean() if mask is not None else dist.mean()
+    return MapLoss(loss, dist, is_blank) if details else loss
 

@@ -12,6 +12,9 @@ is :func:`camssl.losses.gradcam_consistency`:
   and L_P (batched, no extra forward), differentiable (``grad_mode``: ``full`` or
   ``detach-weights``), upsampled to input resolution;
 - N: per-map normalisation (``norm``), d: MSE or L1 (``distance``) over valid pixels;
+- pairs whose carried target map is blank are left out (``skip_blank_targets``, camssl's
+  guard against collapsed maps, measured in docs/default-run.md; not in the paper), and
+  their share is logged as ``blank_targets``;
 - the optional confidence threshold selects the samples of L_P and L_G alike;
 - gamma ramps up linearly over ``gamma_rampup_epochs``.
 
@@ -40,10 +43,11 @@ class GradCAMConfig(PseudoLabelConfig):
     name: str = "gradcam"
     gamma: float = 1.0  # weight of the Grad-CAM consistency loss L_G
     layers: list[str] = field(default_factory=lambda: ["layer3"])  # Grad-CAM target layer(s)
-    grad_mode: Literal[GRAD_MODES] = "full"  # type: ignore[valid-type]
+    grad_mode: Literal[GRAD_MODES] = "detach-weights"  # type: ignore[valid-type]  # "full": L_G also trains the layers after the map (double backward)
     norm: Literal[NORMALIZATIONS] = "minmax"  # type: ignore[valid-type]
     distance: Literal[DISTANCES] = "mse"  # type: ignore[valid-type]
     gamma_rampup_epochs: float = 0.0  # linear ramp-up of gamma over this many epochs
+    skip_blank_targets: bool = True  # camssl's guard against collapsed maps: pairs with a blank target map are left out of L_G
 
     def validate(self) -> None:
         super().validate()
@@ -98,9 +102,10 @@ class GradCAMConsistency(PseudoLabel):
         mask = confidence_mask(probs, cfg.threshold)
         loss_s = self.supervised_loss(logits_l, batch.y_l)
         loss_p = (soft_cross_entropy(probs, logits_u) * mask).mean()
-        loss_g = gradcam_consistency(
+        loss_g, _, blank = gradcam_consistency(
             targets, logits, feats, anchor.theta, strong.theta, size=size, classes=classes, mask=mask,
             first_row=n_l, mode=cfg.grad_mode, norm=cfg.norm, distance=cfg.distance, model=ctx.model,
+            skip_blank_targets=cfg.skip_blank_targets, details=True,
         )
         gamma = self.gamma_at(ctx.epoch)
         loss = cfg.alpha * loss_s + cfg.beta * loss_p + gamma * loss_g
@@ -108,6 +113,7 @@ class GradCAMConsistency(PseudoLabel):
             "loss_s": loss_s.detach(),
             "loss_p": loss_p.detach(),
             "loss_g": loss_g.detach(),
+            "blank_targets": blank.float().mean(),
             "gamma": torch.tensor(gamma),
             "train_acc": (logits_l.argmax(1) == batch.y_l).float().mean(),
             **unlabeled_diagnostics(probs, mask, batch.y_u),

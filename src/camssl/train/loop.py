@@ -37,11 +37,10 @@ from camssl.data.streams import IndexStream
 from camssl.distributed import Dist
 from camssl.errors import UserError
 from camssl.methods import METHODS, Batch, Method, RunInfo, StepOutput
-from camssl.train import build, checkpoint, ddp, report
+from camssl.train import build, checkpoint, ddp, diagnostics, report
 from camssl.train.evaluate import evaluate
 from camssl.train.schedule import EMA, lr_factor, param_groups
 from camssl.train.step import Stepper
-from camssl.viz import aligned_cams, cam_grid_figure, map_diagnostics, save_figure
 
 
 class TrainingError(UserError):
@@ -277,28 +276,6 @@ class Trainer:
     def test(self, model: nn.Module) -> dict[str, Any]:
         return self._evaluate(model, self.test_images, self.test_labels)
 
-    def diagnostic_batch(self, n: int) -> tuple[Tensor, Tensor]:
-        """A fixed batch of validation images (the same every epoch), evenly spaced over the validation set."""
-        val = self.split.val
-        picks = torch.linspace(0, len(val) - 1, min(n, len(val))).round().long()
-        idx = val[picks].to(self.device)
-        return self.images[idx], self.labels[idx]
-
-    def map_diagnostics(self) -> dict[str, float]:
-        x, _ = self.diagnostic_batch(64)
-        return map_diagnostics(self.eval_model(), x, self.augmenter, self.cfg.diagnostic_layer(), seed=self.cfg.seed)
-
-    def write_cam_grid(self, tag: str) -> None:
-        if not (self.cfg.cam_grid and self.dist.main):
-            return
-        x, y = self.diagnostic_batch(8)
-        layer = self.cfg.diagnostic_layer()
-        aligned = aligned_cams(self.eval_model(), x, self.augmenter, layer, torch.Generator().manual_seed(self.cfg.seed))
-        fig = cam_grid_figure(aligned, self.augmenter, self.classes, y, f"{self.cfg.method.name}, Grad-CAM at {layer}, {tag}")
-        if self.writer is not None:
-            self.writer.add_figure(f"cam/{layer}", fig, self.epoch, close=False)
-        save_figure(fig, self.run_dir / "figures" / f"cam_{tag.replace(' ', '_')}.png")
-
     # ------------------------------------------------------------ a whole run
 
     def fit(self) -> dict[str, Any]:
@@ -314,8 +291,10 @@ class Trainer:
                  if self.dist.enabled else "")
         self.log(f"model: {cfg.model.name} (width {cfg.model.width}, {n_params / 1e6:.2f}M parameters) on {self.device}"
                  f"{procs}; method: {cfg.method.name}; {cfg.optim.epochs} epochs x {self.steps_per_epoch} steps")
+        if self.dist.main and self.epoch < cfg.optim.epochs:
+            self.log(report.machine_line(self))
         if self.epoch == 0:
-            self.write_cam_grid("epoch 0")
+            diagnostics.write_cam_grid(self, "epoch 0")
         while self.epoch < cfg.optim.epochs:
             stats = self.train_epoch()
             self.epoch += 1
@@ -324,7 +303,7 @@ class Trainer:
             self._check_weights()
             record: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, **stats}
             if self.dist.main:  # a diagnostic on 64 fixed images; the replicas are identical
-                record.update(self.map_diagnostics())
+                record.update(diagnostics.map_diagnostics(self))
             improved = False
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.optim.epochs:
                 val = self.validate()
@@ -336,7 +315,7 @@ class Trainer:
             checkpoint.save_checkpoint(self, improved)
             self.segment_epochs += 1
             self._log_epoch(record)
-        self.write_cam_grid("final")
+        diagnostics.write_cam_grid(self, "final")
         result = self.finish()
         if self.writer is not None:
             self.writer.add_scalar("test/test_acc", result["test_acc"], self.epoch)

@@ -26,6 +26,17 @@ def fmt_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def machine_line(t: Trainer) -> str:
+    """The machine's speed for a plain training step of the run's model, so run times can be scaled."""
+    from camssl.machine import cpu_name, plain_step_seconds
+
+    b = t.cfg.optim.batch_size
+    sec = plain_step_seconds(t.net, b, tuple(t.images.shape[2:]), t.device)
+    where = torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    return (f"machine: {where}; a plain training step of {t.cfg.model.name} width {t.cfg.model.width} "
+            f"(batch {b}) takes {1000 * sec:.0f} ms here ({b / sec:.0f} img/s)")
+
+
 def epoch_line(t: Trainer, r: dict[str, Any]) -> str:
     """One line per epoch: losses and diagnostics the method declares, validation, time."""
     shown = (*t.method.log_metrics, *ALWAYS_SHOWN)
