@@ -127,3 +127,22 @@ def test_pairs_with_a_blank_target_are_left_out_when_asked():
     assert plain.blank[:, 0].tolist() == [True, False, False, False] and torch.equal(plain.blank, guarded.blank)
     assert guarded.distances[0] == 0 and torch.equal(plain.distances[1:], guarded.distances[1:])
     assert float(guarded.loss) == pytest.approx(float(plain.distances[1:].sum() / 4))  # masked: counts as zero
+
+
+def test_cosine_distance_gives_no_reward_for_a_blank_or_shrunken_map():
+    from camssl.losses import map_distance
+
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    blob = lambda cy, cx: torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8)[None, None]  # noqa: E731
+    target, valid = blob(5, 5), torch.ones(1, 1, 16, 16)
+    aligned, shifted = blob(5, 5), blob(11, 11)
+    shrunk = torch.zeros(1, 1, 16, 16)
+    shrunk[..., 12, 12] = 1.0  # one hot pixel, away from the target
+    blank = torch.zeros(1, 1, 16, 16)
+    mse = {k: float(map_distance(target, m, valid, "minmax", "mse")) for k, m in
+           {"aligned": aligned, "shifted": shifted, "shrunk": shrunk, "blank": blank}.items()}
+    cos = {k: float(map_distance(target, m, valid, "minmax", "cosine")) for k, m in
+           {"aligned": aligned, "shifted": shifted, "shrunk": shrunk, "blank": blank}.items()}
+    # MSE rewards shrinking a misplaced map to a dot or to nothing; cosine does not
+    assert mse["aligned"] < 1e-6 and mse["blank"] < mse["shifted"] and mse["shrunk"] < mse["shifted"]
+    assert cos["aligned"] < 1e-6 and cos["blank"] == 1.0 and cos["shrunk"] >= cos["shifted"] - 1e-3

@@ -44,8 +44,9 @@ __all__ = [
     "soft_cross_entropy",
 ]
 
-DISTANCES: tuple[str, ...] = ("mse", "l1")
-"""Per-pixel distances accepted by :func:`map_distance`."""
+DISTANCES: tuple[str, ...] = ("mse", "l1", "cosine")
+"""Map distances accepted by :func:`map_distance`: per-pixel ``mse`` (the paper's), ``l1``, or ``cosine``
+(1 − cosine similarity over the valid pixels: a blank or shrinking map gets no reward)."""
 
 
 def soft_cross_entropy(target_probs: Tensor, logits: Tensor) -> Tensor:
@@ -91,6 +92,10 @@ def map_distance(target: Tensor, pred: Tensor, valid: Tensor, norm: str = "minma
         raise ValueError(f"unknown map distance {distance!r}; choose one of {', '.join(DISTANCES)}")
     t = normalize_maps(target.float(), norm, mask=valid)
     p = normalize_maps(pred.float(), norm, mask=valid)
+    if distance == "cosine":  # a blank map has cosine 0 with anything: the largest distance for non-negative maps
+        dot = (p * t * valid).sum((1, 2, 3))
+        norms = ((p * p * valid).sum((1, 2, 3)) * (t * t * valid).sum((1, 2, 3))).sqrt()
+        return 1.0 - dot / norms.clamp_min(1e-12)
     diff = (p - t).abs() if distance == "l1" else (p - t) ** 2
     return (diff * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1.0)
 
