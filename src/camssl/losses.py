@@ -94,8 +94,9 @@ def map_distance(target: Tensor, pred: Tensor, valid: Tensor, norm: str = "minma
     p = normalize_maps(pred.float(), norm, mask=valid)
     if distance == "cosine":  # a blank map has cosine 0 with anything: the largest distance for non-negative maps
         dot = (p * t * valid).sum((1, 2, 3))
-        norms = ((p * p * valid).sum((1, 2, 3)) * (t * t * valid).sum((1, 2, 3))).sqrt()
-        return 1.0 - dot / norms.clamp_min(1e-12)
+        # clamped before the square root: a blank map (norm 0) gets cosine 0 and a zero gradient, not NaN
+        norms = ((p * p * valid).sum((1, 2, 3)) * (t * t * valid).sum((1, 2, 3))).clamp_min(1e-24).sqrt()
+        return 1.0 - dot / norms
     diff = (p - t).abs() if distance == "l1" else (p - t) ** 2
     return (diff * valid).sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1.0)
 

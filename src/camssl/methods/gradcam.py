@@ -11,7 +11,9 @@ is :func:`camssl.losses.gradcam_consistency`:
 - prediction: the strong view's Grad-CAM map from the SAME forward pass that gives L_S
   and L_P (batched, no extra forward), differentiable (``grad_mode``: ``full`` or
   ``detach-weights``), upsampled to input resolution;
-- N: per-map normalisation (``norm``), d: MSE or L1 (``distance``) over valid pixels;
+- N: per-map normalisation (``norm``), d over the valid pixels (``distance``): ``cosine``
+  (camssl's default: 1 − cosine similarity, which gives a blank or shrunken map no reward,
+  measured in docs/default-run.md) or the paper's ``mse`` (or ``l1``);
 - pairs whose carried target map is blank are left out (``skip_blank_targets``, camssl's
   guard against collapsed maps, measured in docs/default-run.md; not in the paper), and
   their share is logged as ``blank_targets``;
@@ -45,7 +47,7 @@ class GradCAMConfig(PseudoLabelConfig):
     layers: list[str] = field(default_factory=lambda: ["layer3"])  # Grad-CAM target layer(s)
     grad_mode: Literal[GRAD_MODES] = "detach-weights"  # type: ignore[valid-type]  # "full": L_G also trains the layers after the map (double backward)
     norm: Literal[NORMALIZATIONS] = "minmax"  # type: ignore[valid-type]
-    distance: Literal[DISTANCES] = "mse"  # type: ignore[valid-type]
+    distance: Literal[DISTANCES] = "cosine"  # type: ignore[valid-type]  # camssl's default (no reward for blank maps); the paper's: mse
     gamma_rampup_epochs: float = 0.0  # linear ramp-up of gamma over this many epochs
     skip_blank_targets: bool = True  # camssl's guard against collapsed maps: pairs with a blank target map are left out of L_G
 
