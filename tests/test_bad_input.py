@@ -173,7 +173,7 @@ def test_sync_bn_cases_are_refused_before_training():
         check_world(load_config("demo", ["method.name=pseudo_label", "optim.unlabeled_multiplier=1.1"]),
                     Dist(rank=0, world=4), torch.device("cpu"))
     net = build_model("resnet18", 10, width=0.125)
-    full = load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.layers=layer3"])
+    full = load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.layers=layer3", "method.grad_mode=full"])
     with pytest.raises(ConfigError, match="double backward through SyncBatchNorm"):
         check_sync_bn(full, net)
     check_sync_bn(load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.layers=layer4"]), net)
