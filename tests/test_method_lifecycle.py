@@ -51,8 +51,9 @@ def workers_of(pid: int) -> list[int]:
     return out
 
 
-def killed_mid_epoch_2(world: int, run: Path) -> None:
-    proc = launch(world, "train", "--out", str(run), *ARGS)
+def killed_mid_epoch_2(world: int, run: Path, args: list[str] = ARGS) -> None:
+    """Train with ``args``, SIGKILL every process as soon as the epoch-1 checkpoint exists."""
+    proc = launch(world, "train", "--out", str(run), *args)
     deadline = time.time() + 300
     while not (run / "last.pt").exists():
         assert proc.poll() is None, proc.stderr.read()[-3000:]

@@ -10,6 +10,9 @@ Nothing here owns state, optimisers or devices: every function maps tensors to a
   (:func:`camssl.cam.capture`).
 - :func:`aligned_maps` / :func:`map_distance` — the two steps inside L_G, for users who
   build their own map losses.
+- :func:`vat_loss` / :func:`vat_perturbation` — virtual adversarial training (Miyato et
+  al., arXiv 1704.03976), with :func:`frozen_bn_stats` (passes that leave the BatchNorm
+  running statistics alone) and :func:`kl_from_logits`.
 
 Example (any ``nn.Module``; ``theta`` are the views' 2×3 affine matrices, see
 :mod:`camssl.augment`)::
@@ -24,7 +27,8 @@ Example (any ``nn.Module``; ``theta`` are the views' 2×3 affine matrices, see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import torch
@@ -41,7 +45,12 @@ __all__ = [
     "gradcam_targets",
     "map_distance",
     "blank_targets",
+    "entropy",
+    "frozen_bn_stats",
+    "kl_from_logits",
     "soft_cross_entropy",
+    "vat_loss",
+    "vat_perturbation",
 ]
 
 DISTANCES: tuple[str, ...] = ("mse", "l1", "cosine")
@@ -210,3 +219,119 @@ def gradcam_consistency(
     loss = (dist * mask).mean() if mask is not None else dist.mean()
     return MapLoss(loss, dist, is_blank) if details else loss
 
+
+
+# ---------------------------------------------------------------- virtual adversarial training
+
+
+def kl_from_logits(target_logits: Tensor, logits: Tensor) -> Tensor:
+    """Per-sample ``KL(softmax(target_logits) || softmax(logits))`` (B,), in float32; the target is detached."""
+    log_p = F.log_softmax(target_logits.detach().float(), dim=1)
+    return (log_p.exp() * (log_p - F.log_softmax(logits.float(), dim=1))).sum(1)
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Per-sample entropy of ``softmax(logits)`` (B,), in float32 (entropy minimisation, Grandvalet & Bengio)."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    return -(log_p.exp() * log_p).sum(1)
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Forward passes in the block leave every BatchNorm's running statistics unchanged.
+
+    Each BatchNorm layer (also SyncBatchNorm) that tracks running statistics is switched to
+    ``track_running_stats=False`` for the block: in train mode it still normalises with the
+    batch's statistics (the gradient is that of a train-mode pass) but neither its running
+    mean/var nor ``num_batches_tracked`` move; in eval mode it keeps using the running
+    statistics. Restored on exit, also on an exception. (InstanceNorm layers are not touched.)
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
+
+
+def _unit(d: Tensor) -> Tensor:
+    """``d`` scaled to unit L2 norm per sample (over all non-batch dimensions); zero rows stay zero."""
+    shape = (-1, *([1] * (d.ndim - 1)))
+    d = d / d.flatten(1).abs().amax(1).clamp_min(torch.finfo(d.dtype).tiny).view(shape)  # first to max 1 (Miyato)
+    return d / d.flatten(1).norm(dim=1).clamp_min(torch.finfo(d.dtype).eps).view(shape)
+
+
+def vat_perturbation(
+    model: nn.Module,
+    x: Tensor,
+    logits_clean: Tensor | None = None,
+    *,
+    xi: float = 1e-6,
+    eps: float = 6.0,
+    power_iters: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The virtual adversarial perturbation r_adv (detached, same shape as ``x``, norm ``eps`` per sample).
+
+    Miyato et al.: d ~ N(0, I) from ``generator`` (drawn on the generator's device, then
+    moved to ``x``'s); ``power_iters`` times: r = xi * d/||d||, d <- grad_r KL(p(x) || p(x + r))
+    (``torch.autograd.grad`` with respect to r only: no parameter's ``.grad`` is written);
+    then r_adv = eps * d/||d||. Norms are per sample over all of C×H×W (as in USB). The
+    perturbed passes run inside :func:`frozen_bn_stats`.
+
+    ``x`` is the normalised image batch; ``logits_clean`` the model's logits on exactly this
+    batch in the same mode (with BatchNorm in train mode the batch's composition changes the
+    logits, so they must come from a forward of ``x`` alone); None computes them here. Under
+    autocast the power iteration runs in float32 with its own float32 reference forward
+    (camssl's choice: a half-precision reference would swamp the xi-sized difference).
+    """
+    if power_iters < 0 or eps < 0 or xi <= 0:
+        raise ValueError(f"vat: need power_iters >= 0, eps >= 0, xi > 0; got {power_iters}, {eps}, {xi}")
+    device = generator.device if generator is not None else x.device
+    d = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x.device, x.dtype)
+    autocast = torch.is_autocast_enabled(x.device.type)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(frozen_bn_stats(model))
+        stack.enter_context(torch.enable_grad())
+        if autocast:
+            stack.enter_context(torch.autocast(x.device.type, enabled=False))
+        if power_iters > 0 and (logits_clean is None or autocast):
+            with torch.no_grad():
+                logits_clean = model(x)
+        for _ in range(power_iters):
+            r = (xi * _unit(d)).requires_grad_(True)
+            kl = kl_from_logits(logits_clean, model(x + r)).sum()  # type: ignore[arg-type]
+            (d,) = torch.autograd.grad(kl, r)
+    return (eps * _unit(d)).detach()
+
+
+def vat_loss(
+    model: nn.Module,
+    x: Tensor,
+    logits_clean: Tensor | None = None,
+    *,
+    xi: float = 1e-6,
+    eps: float = 6.0,
+    power_iters: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """VAT's local distributional smoothness loss: mean over the batch of KL(p(x) || p(x + r_adv)).
+
+    ``r_adv`` is :func:`vat_perturbation` (see there for ``xi``, ``eps``, ``power_iters``,
+    ``generator`` and ``logits_clean``); p(x) is detached, so the loss trains the model
+    through the perturbed pass only, which runs inside :func:`frozen_bn_stats`. Defaults
+    as in Miyato et al. / Oliver et al. 2018 / USB for CIFAR-10: xi=1e-6, eps=6, one power
+    iteration. Example::
+
+        logits_u = model(x_u)                      # the unlabeled batch alone
+        loss = ce(model(x_l), y_l) + 0.3 * vat_loss(model, x_u, logits_u, generator=g)
+    """
+    if logits_clean is None:
+        with torch.no_grad(), frozen_bn_stats(model):
+            logits_clean = model(x)
+    r_adv = vat_perturbation(model, x, logits_clean, xi=xi, eps=eps, power_iters=power_iters, generator=generator)
+    with frozen_bn_stats(model):
+        logits_adv = model(x + r_adv)
+    return kl_from_logits(logits_clean, logits_adv).mean()

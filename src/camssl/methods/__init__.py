@@ -14,6 +14,9 @@ name           objective
 supervised     alpha*L_S on the labeled batch (the paper's baseline)
 pseudo_label   alpha*L_S + beta*L_P (the paper's ablation, Table II)
 gradcam        alpha*L_S + beta*L_P + gamma*L_G (Grad-CAM consistency, the paper)
+vat            alpha*L_S + vat_weight*L_VAT (+ entmin_weight*L_ent) (Miyato et al.)
+lga            alpha*L_S + lambda_u*CE(view, imputed labels) (+ vat_weight*L_VAT):
+               label gradient alignment (Jackson & Schulman), camssl's formulation
 =============  ===============================================================
 """
 
@@ -25,6 +28,8 @@ from camssl.methods.base import METHODS, Batch, Method, RunInfo, StepContext, St
 from camssl.methods import supervised as _supervised  # noqa: F401  (registers)
 from camssl.methods import pseudo_label as _pseudo_label  # noqa: F401  (registers)
 from camssl.methods import gradcam as _gradcam  # noqa: F401  (registers)
+from camssl.methods import vat as _vat  # noqa: F401  (registers)
+from camssl.methods import lga as _lga  # noqa: F401  (registers)
 
 
 def _import_plugins() -> None:
