@@ -32,7 +32,8 @@ def machine_line(t: Trainer) -> str:
 
     b = t.cfg.optim.batch_size
     sec = plain_step_seconds(t.net, b, tuple(t.images.shape[2:]), t.device)
-    where = torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    where = torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else f"{cpu_name()}, {n} thread{'s' if n != 1 else ''}"
     return (f"machine: {where}; a plain training step of {t.cfg.model.name} width {t.cfg.model.width} "
             f"(batch {b}) takes {1000 * sec:.0f} ms here ({b / sec:.0f} img/s)")
 
