@@ -74,8 +74,10 @@ def test_the_public_loss_equals_the_methods_loss_g(grad_mode):
         logits_a = model(anchor.images)
     with capture(model, ["layer2"]) as feats_s:
         logits_s = model(strong.images)
+    cfg = method.cfg  # the method's own settings (its defaults: cosine distance, blank-target guard)
     loss_g = gradcam_consistency((logits_a, feats_a), logits_s, feats_s, anchor.theta, strong.theta,
-                                 size=(32, 32), mode=grad_mode)
+                                 size=(32, 32), mode=grad_mode, norm=cfg.norm, distance=cfg.distance,
+                                 skip_blank_targets=cfg.skip_blank_targets)
     assert float(loss_g.detach()) == pytest.approx(float(expected), rel=1e-5)
     loss_g.backward()
     assert model.layer1[0].conv1.weight.grad.abs().sum() > 0
