@@ -14,7 +14,12 @@ name           objective
 supervised     alpha*L_S on the labeled batch (the paper's baseline)
 pseudo_label   alpha*L_S + beta*L_P (the paper's ablation, Table II)
 gradcam        alpha*L_S + beta*L_P + gamma*L_G (Grad-CAM consistency, the paper)
+cam_loss       alpha*L_S + lambda*L_cam (CAM-loss, Wang et al. 2021)
+cam_kd         alpha*L_S + CAAM-CAM matching and/or logit KD from a frozen teacher
 =============  ===============================================================
+
+``pseudo_label`` and ``gradcam`` add lambda*L_cam with ``method.cam_weight > 0``
+(:mod:`camssl.methods.cam_term`).
 """
 
 import importlib
@@ -25,6 +30,9 @@ from camssl.methods.base import METHODS, Batch, Method, RunInfo, StepContext, St
 from camssl.methods import supervised as _supervised  # noqa: F401  (registers)
 from camssl.methods import pseudo_label as _pseudo_label  # noqa: F401  (registers)
 from camssl.methods import gradcam as _gradcam  # noqa: F401  (registers)
+# CAM-loss and CAAM-CAM distillation (issue 12)
+from camssl.methods import cam_loss as _cam_loss  # noqa: F401  (registers)
+from camssl.methods import cam_kd as _cam_kd  # noqa: F401  (registers)
 
 
 def _import_plugins() -> None:
