@@ -271,6 +271,23 @@ def test_bad_teachers_at_setup(tmp_path):
         load_config("demo", {"method.name": "cam_kd"})
 
 
+def test_shipped_sweep_specs_pair_each_student_with_its_seeds_teacher():
+    from camssl.experiments import plan_sweep
+
+    teachers = plan_sweep("camloss-teachers-cpu")
+    assert [r.id for r in teachers.runs] == [f"baseline/teacher/s{s}" for s in range(3)]
+    plan = plan_sweep("camloss-cpu")
+    assert plan.seeds == teachers.seeds and len(plan.runs) == 30
+    for r in plan.runs:
+        if r.config.method.name == "cam_kd":
+            assert r.config.method.teacher == f"sweeps/camloss-teachers/baseline/teacher/s{r.seed}/last.pt"
+            assert r.config.split.seed == r.seed and r.config.split.n_labeled == teachers.runs[0].config.split.n_labeled
+    roles = {r.setting: r.role for r in plan.runs}
+    assert roles["pseudo_label"] == "ablation" and roles["pseudo_label+cam"] == "other"  # not the paper's ablation
+    warm = {r.setting: r.config.method.cam_warmup_epochs for r in plan.runs if r.config.method.name == "cam_loss"}
+    assert warm == {"cam_loss": 3.0, "cam_loss-nowarmup": 0.0, "cam_loss-lambda1": 3.0, "cam_loss-detach-w": 3.0}
+
+
 # ---------------------------------------------------------------- diagnostics
 
 
