@@ -95,7 +95,7 @@ def test_method_keys_are_checked_against_the_chosen_method():
     assert "method.gamma" in str(e.value) and "for method supervised" in str(e.value) and "alpha" in str(e.value)
     with pytest.raises(ConfigError, match="for method gradcam: .*grad_mode"):
         load_config("demo", ["method.gama=2"])
-    with pytest.raises(ConfigError, match="method.name='nope' is unknown; choose one of: gradcam, .*pseudo_label, .*supervised"):
+    with pytest.raises(ConfigError, match="method.name='nope' is unknown; choose one of: .*gradcam, .*pseudo_label, .*supervised"):
         load_config("demo", ["method.name=nope"])
 
 

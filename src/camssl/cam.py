@@ -15,7 +15,8 @@ pass, and the maps can be part of a loss (Grad-CAM consistency, Lee & Cho 2021):
     >>> maps["layer3"].shape                      # (B, h, w) at layer3's resolution
 
 :func:`grad_cam_model` runs the forward itself (for visualisation), :func:`cam` is the
-plain class activation map of Zhou et al. (2016), and :func:`normalize_maps` /
+plain class activation map of Zhou et al. (2016), :func:`caam` the class-agnostic
+activation map of CAM-loss (Wang et al., 2021), and :func:`normalize_maps` /
 :func:`upsample_maps` prepare maps for a distance or for display.
 """
 
@@ -33,8 +34,10 @@ from camssl.errors import ConfigError
 __all__ = [
     "GRAD_MODES",
     "NORMALIZATIONS",
+    "caam",
     "cam",
     "cam_layer",
+    "fc_weight",
     "capture",
     "grad_cam",
     "grad_cam_model",
@@ -272,6 +275,38 @@ def cam(feats: Tensor, fc_weight: Tensor, classes: Tensor) -> Tensor:
                          f"got {tuple(feats.shape)} and {tuple(fc_weight.shape)}")
     classes = _check_classes(classes, feats.shape[0], fc_weight.device)
     return _weighted_channel_sum(fc_weight[classes], feats)
+
+
+def caam(feats: Tensor) -> Tensor:
+    """Class-agnostic activation map (CAM-loss, Wang et al. 2021): ``A = sum_k A_k``.
+
+    The sum over channels of the last feature map, i.e. :func:`cam` with every
+    classifier weight 1; no ReLU and no scaling.
+
+    Args:
+        feats: (B, K, h, w) feature map (at a camssl model's ``cam_layer``).
+
+    Returns:
+        (B, h, w) maps, in at least float32; differentiable w.r.t. ``feats``.
+    """
+    if feats.ndim != 4:
+        raise ValueError(f"caam needs (B, K, h, w) features, got shape {tuple(feats.shape)}")
+    return feats.to(_map_dtype(feats)).sum(dim=1)
+
+
+def fc_weight(model: nn.Module) -> Tensor:
+    """The (C, K) weight W of the linear classifier fed by ``model.cam_layer`` (wrappers looked through).
+
+    With ``feats`` the output of ``model.cam_layer``, ``cam(feats, fc_weight(model), y)``
+    is the CAM of class ``y``. The tensor is the parameter itself (detach it to keep the
+    classifier out of a loss on the map).
+    """
+    inner = _unwrap(model)
+    fc = getattr(inner, "fc", None)
+    if not isinstance(fc, nn.Linear) or not getattr(inner, "cam_layer", None):
+        raise ValueError(f"{type(inner).__name__} has no cam_layer followed by a linear classifier fc; "
+                         "CAM and CAAM need a camssl model")
+    return fc.weight
 
 
 def normalize_maps(maps: Tensor, kind: str, mask: Tensor | None = None) -> Tensor:

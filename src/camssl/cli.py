@@ -4,7 +4,7 @@
     camssl train --resume RUN_DIR
     torchrun --nproc-per-node N -m camssl train ...          N processes (GPUs), same global batch
     camssl config [--config ...] [section.key=value ...]     print the resolved config
-    camssl cam RUN_DIR [--images DIR] [--layer L]             Grad-CAM grid of a trained run
+    camssl cam RUN_DIR [--images DIR] [--layer L] [--maps caam]  Grad-CAM (or CAM/CAAM) grid of a trained run
     camssl sweep SPEC --out DIR [--jobs N]                     a grid of runs (resumable)
     camssl sweep SPEC --out DIR --launcher slurm [...]         ... as a Slurm job array (submitit)
     camssl sweep DIR --status                                  each run's state
@@ -29,7 +29,7 @@ from camssl.errors import UserError
 SHORTCUTS: dict[str, tuple[tuple[str, ...], type, str]] = {
     "--data": (("data.source",), str, "training data: 'mini', a CIFAR-10 folder/archive or an image folder"),
     "--test-data": (("data.test_source",), str, "separate test image folder (optional)"),
-    "--method": (("method.name",), str, "supervised | pseudo_label | ..."),
+    "--method": (("method.name",), str, "supervised | pseudo_label | gradcam | cam_loss | cam_kd | ..."),
     "--layer": (("method.layers",), str, "Grad-CAM target layer(s), comma-separated"),
     "--ratio": (("split.ratio",), float, "unlabeled/labeled ratio (0 = supervised only)"),
     "--labeled": (("split.n_labeled",), int, "number of labeled images (class-balanced)"),
@@ -40,6 +40,7 @@ SHORTCUTS: dict[str, tuple[tuple[str, ...], type, str]] = {
     "--batch-size": (("optim.batch_size",), int, "labeled images per step (global)"),
     "--seed": (("seed", "split.seed"), int, "seed of the run and of the split"),
     "--device": (("device",), str, "auto | cpu | cuda | cuda:N"),
+    "--teacher": (("method.teacher",), str, "frozen teacher of cam_kd: a trained run directory or its .pt file"),
 }
 
 
@@ -62,7 +63,24 @@ def _config_from_args(args: argparse.Namespace) -> Any:
                 overrides[k] = value
     if args.skip_bad:
         overrides["data.skip_bad"] = True
+    if args.teacher is not None:
+        _check_teacher_flag(args.config, overrides)
     return load_config(args.config, overrides)
+
+
+def _check_teacher_flag(preset: str, overrides: dict[str, Any]) -> None:
+    """``--teacher`` with a method that has no teacher: one line naming the methods that have one."""
+    import dataclasses
+
+    from camssl.config import load_yaml_tree, method_config_class
+    from camssl.methods import METHODS
+
+    section = load_yaml_tree(preset).get("method") or {}
+    name = overrides.get("method.name", section.get("name", "supervised") if isinstance(section, dict) else None)
+    if "teacher" not in {f.name for f in dataclasses.fields(method_config_class(name))}:
+        users = sorted(n for n, m in METHODS.items() if "teacher" in {f.name for f in dataclasses.fields(m.Config)})
+        raise UserError(f"--teacher is used only by {', '.join(users)}; method {name} has no teacher "
+                        f"(add --method {users[0]} or drop --teacher)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="target layer [the run's diagnostic layer: its first map layer, else layer3]")
     p.add_argument("--out", default=None, help="PNG path [RUN_DIR/figures/cam_<checkpoint>_<layer>.png]")
     p.add_argument("--seed", type=int, default=0, help="picks the images and the strong views [0]")
+    p.add_argument("--maps", choices=["gradcam", "caam"], default="gradcam",
+                   help="gradcam: aligned Grad-CAM grid; caam: image / CAM / CAAM at the last stage [gradcam]")
 
     from camssl.experiments import add_sweep_arguments, add_table_arguments
 
@@ -155,6 +175,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
         layer=args.layer,
         out=args.out,
         seed=args.seed,
+        maps=args.maps,
     )
     print(f"wrote {out}")
     return 0

@@ -13,6 +13,8 @@ Nothing here owns state, optimisers or devices: every function maps tensors to a
 - :func:`vat_loss` / :func:`vat_perturbation` — virtual adversarial training (Miyato et
   al., arXiv 1704.03976), with :func:`frozen_bn_stats` (passes that leave the BatchNorm
   running statistics alone) and :func:`kl_from_logits`.
+- :func:`cam_loss`, :func:`caam_matching` and :func:`logit_kd` — CAM-loss and CAAM–CAM
+  distillation (Wang et al., ICCV 2021, arXiv 2109.01359; the block at the end).
 
 Example (any ``nn.Module``; ``theta`` are the views' 2×3 affine matrices, see
 :mod:`camssl.augment`)::
@@ -335,3 +337,90 @@ def vat_loss(
     with frozen_bn_stats(model):
         logits_adv = model(x + r_adv)
     return kl_from_logits(logits_clean, logits_adv).mean()
+# ---------------------------------------------------------------- CAM-loss and CAAM–CAM distillation
+#
+# Wang et al., "CAM-loss: towards learning spatially discriminative feature representations"
+# (ICCV 2021, arXiv 2109.01359). Only the abstract is public; what it does not fix is
+# camssl's decision, marked as such below (../shared/docs/method.md §2).
+
+from camssl.cam import caam, cam  # noqa: E402  (kept with the block it serves)
+
+__all__ += ["CAM_TARGETS", "caam_cam_distance", "caam_matching", "cam_loss", "logit_kd", "teacher_cams"]
+
+CAM_TARGETS: tuple[str, ...] = ("detach", "detach-w")
+"""How the CAM side of L_cam is detached; see :func:`caam_cam_distance`."""
+
+
+def caam_cam_distance(feats: Tensor, weight: Tensor, classes: Tensor, *, norm: str = "minmax",
+                      target: str = "detach") -> Tensor:
+    """Per-sample L_cam (B,): the mean over pixels of ``|N(CAAM) - N(CAM_y)|``.
+
+    ``CAAM = sum_k F_k`` and ``CAM_y = sum_k W[y, k] F_k`` at the last stage F (B, K, h, w),
+    the tensor that global pooling feeds into the linear classifier W (C, K). The distance
+    is L1, the paper's. *camssl decisions* (the paper's text is not available):
+
+    - N: per-sample normalisation over the whole map, min–max by default (``norm``: any of
+      :data:`camssl.cam.NORMALIZATIONS`; blank maps are guarded, see
+      :func:`camssl.cam.normalize_maps`). The one public, unofficial implementation
+      normalises per column, which camssl takes for a mistake.
+    - The CAM side is the target and carries no gradient to W in any mode: if it did, a
+      classifier that makes CAM_y proportional to the CAAM would lower the loss without
+      improving any feature. ``target="detach"`` (default): features and W detached, the
+      loss trains the backbone through the CAAM only. ``"detach-w"``: only W detached
+      (what the unofficial code does), so the features also get a gradient through CAM_y.
+
+    Args:
+        feats: (B, K, h, w) output of the model's ``cam_layer`` (with its graph).
+        weight: (C, K) classifier weight (:func:`camssl.cam.fc_weight`); detached here.
+        classes: (B,) class of each sample's CAM (ground truth, or a pseudo-label).
+    """
+    if target not in CAM_TARGETS:
+        raise ValueError(f"unknown CAM target mode {target!r}; choose one of {', '.join(CAM_TARGETS)}")
+    side = feats.detach() if target == "detach" else feats
+    cam_y = normalize_maps(cam(side, weight.detach(), classes), norm)
+    return (normalize_maps(caam(feats), norm) - cam_y).abs().mean(dim=(1, 2))
+
+
+def cam_loss(feats: Tensor, weight: Tensor, classes: Tensor, *, norm: str = "minmax", target: str = "detach",
+             mask: Tensor | None = None) -> Tensor:
+    """L_cam, the scalar: :func:`caam_cam_distance` averaged over the batch.
+
+    ``mask`` (B,) bool/float selects samples (e.g. confident pseudo-labels,
+    :func:`confidence_mask`); masked samples count as zero in the mean, as in L_P.
+    """
+    dist = caam_cam_distance(feats, weight, classes, norm=norm, target=target)
+    return (dist * mask).mean() if mask is not None else dist.mean()
+
+
+def teacher_cams(feats: Tensor, weight: Tensor, classes: Tensor) -> Tensor:
+    """A (frozen) teacher's CAM of ``classes`` (B, h, w), detached: the target of :func:`caam_matching`."""
+    return cam(feats.detach(), weight.detach(), classes).detach()
+
+
+def caam_matching(student_feats: Tensor, teacher_maps: Tensor, *, norm: str = "minmax") -> Tensor:
+    """Per-sample CAAM–CAM distillation distance (B,): mean over pixels of ``|N(CAAM_s) - N(resize(M_t))|``.
+
+    ``teacher_maps`` (B, h', w'), e.g. :func:`teacher_cams` of the true class, are detached
+    and, when their size differs from the student's map, resized bilinearly to it
+    (*camssl decision*: the teacher's map is brought to the student's resolution, not the
+    other way round, so the student's loss is computed on its own pixels).
+    """
+    a = caam(student_feats)
+    t = teacher_maps.detach()
+    if tuple(t.shape[-2:]) != tuple(a.shape[-2:]):
+        t = upsample_maps(t, (int(a.shape[-2]), int(a.shape[-1])))
+    return (normalize_maps(a, norm) - normalize_maps(t, norm)).abs().mean(dim=(1, 2))
+
+
+def logit_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+    """Hinton et al.'s logit distillation: ``T^2 * KL(softmax(t / T) || softmax(s / T))``, mean over the batch.
+
+    The T² factor keeps the gradient's scale independent of T. Computed in float32; the
+    teacher's logits are detached.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} is invalid: must be > 0")
+    t = float(temperature)
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * t * t

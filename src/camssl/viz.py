@@ -5,7 +5,9 @@ the map of the original image, the map of a strong view, the original's map carr
 into the strong view through the view's exact geometry, and the valid-pixel mask.
 :func:`map_diagnostics` condenses it into numbers logged every epoch (the mean Pearson
 correlation of the aligned maps over valid pixels, and the share of blank maps), and
-:func:`cam_grid_figure` draws it like the paper's Fig. 2.
+:func:`cam_grid_figure` draws it like the paper's Fig. 2. :func:`caam_diagnostics` and
+:func:`caam_grid_figure` do the same for CAM-loss's maps (CAM of the prediction and CAAM
+at the last stage).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 
 from camssl import io
 from camssl.augment import Augmenter, View, carry
-from camssl.cam import grad_cam, upsample_maps
+from camssl.cam import caam, cam, cam_layer, fc_weight, grad_cam, normalize_maps, upsample_maps
 
 
 @dataclass
@@ -93,6 +95,92 @@ def map_diagnostics(model: nn.Module, x: Tensor, augmenter: Augmenter, layer: st
         "map_agreement": float(pearson(a.map_carried, a.map_strong, a.valid).mean()),
         "blank_maps": float(blank.float().mean()),
     }
+
+
+@dataclass
+class CaamCam:
+    """A batch's CAM of the predicted class and CAAM at the model's ``cam_layer`` (eval mode, detached)."""
+
+    original: View
+    probs: Tensor  # B×C softmax
+    classes: Tensor  # B predicted classes ŷ
+    cam: Tensor  # B×h×w CAM of ŷ (no ReLU)
+    caam: Tensor  # B×h×w class-agnostic map (sum over channels)
+
+
+def caam_cam(model: nn.Module, x: Tensor, augmenter: Augmenter) -> CaamCam:
+    """CAM_ŷ and CAAM of ``x`` (uint8) from one eval-mode forward with a tap of ``model.cam_layer``."""
+    layer = cam_layer(model)
+    was_training = model.training
+    model.eval()
+    try:
+        original = augmenter.original(x)
+        with torch.no_grad():
+            logits, feats = model(original.images, taps=[layer])
+            probs = torch.softmax(logits.float(), 1)
+            classes = probs.argmax(1)
+            return CaamCam(original, probs, classes, cam(feats[layer], fc_weight(model), classes), caam(feats[layer]))
+    finally:
+        model.train(was_training)
+
+
+def caam_diagnostics(model: nn.Module, x: Tensor, augmenter: Augmenter) -> dict[str, float]:
+    """How the class-agnostic map follows the class map (CAM-loss's aim), on ``x`` in eval mode.
+
+    ``caam_cam_agreement``: mean Pearson correlation of N(CAAM) and N(CAM_ŷ) (per-sample
+    min–max, ŷ the prediction) over the map's pixels; 0 for a constant map.
+    ``caam_outside_share``: the share of the CAAM's (non-negative) activation mass that lies
+    outside the top quarter of CAM_ŷ's pixels; 0.75 for a flat CAAM, lower means features
+    off the class evidence are suppressed (*camssl's* measure; images whose CAAM has no
+    positive mass are left out).
+    """
+    m = caam_cam(model, x, augmenter)
+    a, c = normalize_maps(m.caam, "minmax"), normalize_maps(m.cam, "minmax")
+    agree = pearson(a, c, torch.ones_like(a))
+    flat_cam, mass = m.cam.flatten(1), m.caam.flatten(1).clamp_min(0)
+    k = max(1, -(-flat_cam.shape[1] // 4))
+    top = torch.zeros_like(mass).scatter_(1, flat_cam.topk(k, dim=1).indices, 1.0)
+    total = mass.sum(1)
+    has = total > 0
+    outside = 1 - (mass * top).sum(1)[has] / total[has]
+    return {
+        "caam_cam_agreement": float(agree.mean()),
+        "caam_outside_share": float(outside.mean()) if bool(has.any()) else 0.0,
+    }
+
+
+def caam_grid_figure(m: CaamCam, augmenter: Augmenter, class_names: list[str], labels: Tensor | None, title: str = ""):  # type: ignore[no-untyped-def]
+    """One row per image: image | CAM of the prediction | CAAM | |N(CAAM) - N(CAM)| (min–max, at image size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = tuple(m.original.images.shape[-2:])
+    imgs = augmenter.denormalize(m.original.images).permute(0, 2, 3, 1).cpu().numpy()
+    cam_n = normalize_maps(upsample_maps(m.cam, size), "minmax")
+    caam_n = normalize_maps(upsample_maps(m.caam, size), "minmax")
+    cols = [("image", None), ("CAM(pred)", cam_n), ("CAAM", caam_n), ("|CAAM - CAM|", (caam_n - cam_n).abs())]
+    n = m.classes.shape[0]
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.7 * n), squeeze=False)
+    for i in range(n):
+        for j, (name, maps) in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if maps is None:
+                ax.imshow(imgs[i], interpolation="nearest")
+                true = class_names[int(labels[i])] if labels is not None and int(labels[i]) >= 0 else "?"
+                ax.set_ylabel(f"pred {class_names[int(m.classes[i])]}\ntrue {true}", fontsize=7)
+            else:
+                ax.imshow(imgs[i].mean(-1), cmap="gray", interpolation="nearest")
+                ax.imshow(maps[i].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def cam_grid_figure(a: AlignedCams, augmenter: Augmenter, class_names: list[str], labels: Tensor | None, title: str = ""):  # type: ignore[no-untyped-def]
@@ -187,14 +275,22 @@ def render_run(
     layer: str | None = None,
     out: Path | None = None,
     seed: int = 0,
+    maps: str = "gradcam",
 ) -> Path:
-    """``camssl cam``: a CAM grid of a trained run, written as PNG; returns its path."""
+    """``camssl cam``: a CAM grid of a trained run, written as PNG; returns its path.
+
+    ``maps="gradcam"``: the aligned Grad-CAM grid of :func:`cam_grid_figure` at ``layer``;
+    ``"caam"``: image / CAM / CAAM columns at the model's last stage (:func:`caam_grid_figure`).
+    """
     from camssl.data import load_data
+    from camssl.errors import UserError
 
     from camssl.train.checkpoint import load_run_model
 
     model, cfg, classes = load_run_model(run_dir, checkpoint)
-    layer = layer or cfg.diagnostic_layer()
+    if maps == "caam" and layer is not None and layer != model.cam_layer:
+        raise UserError(f"--maps caam draws CAM and CAAM at the last stage ({model.cam_layer}); drop --layer {layer}")
+    layer = (model.cam_layer if maps == "caam" else None) or layer or cfg.diagnostic_layer()
     model.check_layer(layer)
     if images is not None:
         x, y = folder_images(Path(images), cfg.data.image_size, classes, n)
@@ -205,6 +301,14 @@ def render_run(
         idx = torch.randperm(len(bundle.test), generator=g)[:n]
         x, y = bundle.test.images[idx], bundle.test.labels[idx]
     augmenter = Augmenter(cfg.augment)
+    if maps == "caam":
+        m = caam_cam(model, x, augmenter)
+        agree = caam_diagnostics(model, x, augmenter)["caam_cam_agreement"]
+        fig = caam_grid_figure(m, augmenter, classes, y,
+                               f"{cfg.method.name} ({checkpoint}.pt), CAM / CAAM at {layer}, agreement {agree:.2f}")
+        out = Path(out) if out else Path(run_dir) / "figures" / f"caam_{checkpoint}.png"
+        save_figure(fig, out)
+        return out
     aligned = aligned_cams(model, x, augmenter, layer, torch.Generator().manual_seed(seed))
     agree = float(pearson(aligned.map_carried, aligned.map_strong, aligned.valid).mean())
     fig = cam_grid_figure(

@@ -19,7 +19,9 @@ A run's config is: the spec's base ← the spec's sections ← command-line over
 the setting's changes ← the grid (``split.ratio``, and ``seed`` = ``split.seed`` = the
 seed). Runs that share a seed therefore share the split: the labeled and validation sets
 are drawn before the unlabeled set (:mod:`camssl.data.splits`), so they do not depend on
-the ratio, and every comparison in the tables is paired by seed.
+the ratio, and every comparison in the tables is paired by seed. The text ``{seed}`` in a
+string value becomes the run's seed (``method.teacher: sweeps/teachers/baseline/teacher/s{seed}``:
+a distillation teacher trained on the same split).
 
 Each run has its own directory (``r0.5/gradcam-layer3/s0``, ``baseline/supervised/s0``)
 and runs in its own ``python -m camssl train --resume RUN_DIR`` subprocess (the runner

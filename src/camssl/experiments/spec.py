@@ -178,19 +178,33 @@ def _role(group: str, cfg: TrainConfig) -> tuple[str, str | None]:
         return "baseline", None
     from camssl.methods import METHODS
 
-    role = METHODS[cfg.method.name].table_role
+    role = METHODS[cfg.method.name].role_of(cfg.method)
     return role, (",".join(cfg.method.cam_layers()) or None) if role == "gradcam" else None
 
 
+def _with_seed(value: Any, seed: Any) -> Any:
+    """``{seed}`` in the string values of a config tree becomes the run's seed (e.g. a teacher per seed)."""
+    if isinstance(value, dict):
+        return {k: _with_seed(v, seed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_seed(v, seed) for v in value]
+    return value.replace("{seed}", str(seed)) if isinstance(value, str) else value
+
+
 def _build(tree: dict[str, Any], changes: Iterable[tuple[str, Any]], where: str) -> TrainConfig:
-    """A run's config: the spec's tree (without other methods' fields) with ``changes`` applied."""
+    """A run's config: the spec's tree (without other methods' fields) with ``changes`` applied.
+
+    The text ``{seed}`` in a string value is replaced by the run's seed, so a run can name
+    a file of its own seed, e.g. ``method.teacher: sweeps/teachers/baseline/teacher/s{seed}``.
+    """
     changes = list(changes)
     name = next((v for k, v in reversed(changes) if k == "method.name"), None)
+    seed = next((v for k, v in reversed(changes) if k == "seed"), None)
     t = copy.deepcopy(drop_other_methods_keys(tree, name))
     try:
         for k, v in changes:
             set_path(t, k, v)
-        cfg = from_dict(TrainConfig, t)
+        cfg = from_dict(TrainConfig, _with_seed(t, seed) if seed is not None else t)
         cfg.validate()
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None

@@ -32,7 +32,8 @@ from camssl.experiments.results import (
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff
 
 SELECTIONS = ("final", "best-val")
-_DIAGNOSTICS = ("loss_g", "map_agreement", "blank_maps", "pl_acc")  # last-epoch training diagnostics in runs.csv
+_DIAGNOSTICS = ("loss_g", "map_agreement", "blank_maps", "pl_acc", "loss_cam", "caam_cam_agreement",
+                "caam_outside_share")  # last-epoch training diagnostics in runs.csv
 # a hand-written reading of the results goes between these markers; `camssl table` keeps it
 READING_BEGIN = "<!-- reading:begin (hand-written; kept when camssl table rewrites this file) -->"
 READING_END = "<!-- reading:end -->"

@@ -17,7 +17,12 @@ gradcam        alpha*L_S + beta*L_P + gamma*L_G (Grad-CAM consistency, the paper
 vat            alpha*L_S + vat_weight*L_VAT (+ entmin_weight*L_ent) (Miyato et al.)
 lga            alpha*L_S + lambda_u*CE(view, imputed labels) (+ vat_weight*L_VAT):
                label gradient alignment (Jackson & Schulman), camssl's formulation
+cam_loss       alpha*L_S + lambda*L_cam (CAM-loss, Wang et al. 2021)
+cam_kd         alpha*L_S + CAAM-CAM matching and/or logit KD from a frozen teacher
 =============  ===============================================================
+
+``pseudo_label`` and ``gradcam`` add lambda*L_cam with ``method.cam_weight > 0``
+(:mod:`camssl.methods.cam_term`).
 """
 
 import importlib
@@ -30,6 +35,9 @@ from camssl.methods import pseudo_label as _pseudo_label  # noqa: F401  (registe
 from camssl.methods import gradcam as _gradcam  # noqa: F401  (registers)
 from camssl.methods import vat as _vat  # noqa: F401  (registers)
 from camssl.methods import lga as _lga  # noqa: F401  (registers)
+# CAM-loss and CAAM-CAM distillation (issue 12)
+from camssl.methods import cam_loss as _cam_loss  # noqa: F401  (registers)
+from camssl.methods import cam_kd as _cam_kd  # noqa: F401  (registers)
 
 
 def _import_plugins() -> None:

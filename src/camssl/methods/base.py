@@ -153,6 +153,11 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` on resume."""
 
+    @classmethod
+    def role_of(cls, cfg: MethodConfig) -> str:
+        """The role in a sweep's tables of a run of this method with ``cfg`` (default: ``table_role``)."""
+        return cls.table_role
+
     def double_backward_layers(self, net: nn.Module) -> list[str]:
         """Layers through which the method's loss needs a double backward (refused with SyncBatchNorm)."""
         return []

@@ -20,7 +20,8 @@ is :func:`camssl.losses.gradcam_consistency`:
 - the optional confidence threshold selects the samples of L_P and L_G alike;
 - gamma ramps up linearly over ``gamma_rampup_epochs``.
 
-With several target layers, L_G is the mean over layers.
+With several target layers, L_G is the mean over layers. ``method.cam_weight > 0`` adds the
+CAM-loss term λ·L_cam on the labeled + strong forward (:mod:`camssl.methods.cam_term`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class GradCAMConsistency(PseudoLabel):
     name = "gradcam"
     Config = GradCAMConfig
     table_role = "gradcam"
-    log_metrics = ("loss_s", "loss_p", "loss_g", "mask_rate", "pl_acc")
+    log_metrics = ("loss_s", "loss_p", "loss_g", "loss_cam", "mask_rate", "pl_acc")
 
     def taps(self) -> list[str]:
         return list(self.cfg.layers)
@@ -99,7 +100,8 @@ class GradCAMConsistency(PseudoLabel):
         del logits_a, feats_a  # the anchor's graph is freed before the second forward
 
         # labeled + strong in one forward; the strong maps come from this very forward
-        logits, feats = ctx.model(torch.cat([labeled.images, strong.images]), taps=layers)
+        taps = layers + [t for t in self.cam_term.taps(ctx.model) if t not in layers]
+        logits, feats = ctx.model(torch.cat([labeled.images, strong.images]), taps=taps)
         logits_l, logits_u = logits[:n_l], logits[n_l:]
         mask = confidence_mask(probs, cfg.threshold)
         loss_s = self.supervised_loss(logits_l, batch.y_l)
@@ -120,4 +122,8 @@ class GradCAMConsistency(PseudoLabel):
             "train_acc": (logits_l.argmax(1) == batch.y_l).float().mean(),
             **unlabeled_diagnostics(probs, mask, batch.y_u),
         }
+        if self.cam_term.active:
+            loss_cam, cam_metrics = self.cam_term.ssl(ctx.model, feats, n_l, batch.y_l, probs, ctx.epoch)
+            loss = loss + loss_cam
+            metrics.update(cam_metrics)
         return StepOutput(loss, metrics)

@@ -6,6 +6,9 @@ weak view) used as a soft target and the prediction on the strong view. An optio
 confidence threshold (FixMatch style) keeps only unlabeled samples whose anchor softmax
 maximum reaches it; the loss is averaged over the whole unlabeled batch, so masked
 samples count as zero.
+
+``method.cam_weight > 0`` adds the CAM-loss term λ·L_cam (:mod:`camssl.methods.cam_term`,
+a camssl extension) on the same forward pass; with the default 0 nothing changes.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from camssl.config import MethodConfig, at_least
 from camssl.errors import ConfigError
 from camssl.losses import confidence_mask, soft_cross_entropy
 from camssl.methods.base import Batch, Method, StepContext, StepOutput, register
+from camssl.methods.cam_term import CamTerm, SSLCamTermConfig
 
 Anchor = Literal["original", "weak"]
 
 
 @dataclass
-class PseudoLabelConfig(MethodConfig):
+class PseudoLabelConfig(SSLCamTermConfig):
     name: str = "pseudo_label"
     beta: float = 1.0  # weight of the pseudo-label loss L_P
     threshold: float = 0.0  # confidence threshold on the anchor's softmax (0 = off)
@@ -55,7 +59,16 @@ class PseudoLabel(Method):
     Config = PseudoLabelConfig
     uses_unlabeled = True
     table_role = "ablation"
-    log_metrics = ("loss_s", "loss_p", "mask_rate", "pl_acc")
+    log_metrics = ("loss_s", "loss_p", "loss_cam", "mask_rate", "pl_acc")
+
+    def __init__(self, cfg: MethodConfig, *, label_smoothing: float = 0.0) -> None:
+        super().__init__(cfg, label_smoothing=label_smoothing)
+        self.cam_term = CamTerm(cfg)  # type: ignore[arg-type]  # off (cam_weight 0) unless configured
+
+    @classmethod
+    def role_of(cls, cfg: MethodConfig) -> str:
+        """With L_cam added (cam_weight > 0) a run is neither the paper's ablation nor its method."""
+        return "other" if getattr(cfg, "cam_weight", 0.0) > 0 else cls.table_role
 
     def step(self, ctx: StepContext, batch: Batch) -> StepOutput:
         assert batch.x_u is not None
@@ -63,7 +76,9 @@ class PseudoLabel(Method):
         labeled, anchor, strong = ctx.ssl_views(batch, self.cfg.anchor)
         with torch.no_grad():  # the target is detached: no graph needed for its forward
             probs = F.softmax(ctx.model(anchor.images).float(), dim=1)
-        logits = ctx.model(torch.cat([labeled.images, strong.images]))
+        taps = self.cam_term.taps(ctx.model)
+        images = torch.cat([labeled.images, strong.images])
+        logits, feats = ctx.model(images, taps=taps) if taps else (ctx.model(images), {})
         logits_l, logits_u = logits[:n_l], logits[n_l:]
         loss_s = self.supervised_loss(logits_l, batch.y_l)
         mask = confidence_mask(probs, self.cfg.threshold)
@@ -75,4 +90,8 @@ class PseudoLabel(Method):
             "train_acc": (logits_l.argmax(1) == batch.y_l).float().mean(),
             **unlabeled_diagnostics(probs, mask, batch.y_u),
         }
+        if self.cam_term.active:
+            loss_cam, cam_metrics = self.cam_term.ssl(ctx.model, feats, n_l, batch.y_l, probs, ctx.epoch)
+            loss = loss + loss_cam
+            metrics.update(cam_metrics)
         return StepOutput(loss, metrics)

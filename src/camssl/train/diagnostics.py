@@ -26,9 +26,16 @@ def diagnostic_batch(t: Trainer, n: int) -> tuple[Tensor, Tensor]:
 
 
 def map_diagnostics(t: Trainer) -> dict[str, float]:
-    """Map agreement and blank maps of the evaluated model on 64 fixed validation images."""
+    """Map agreement and blank maps, and CAAM–CAM agreement, of the evaluated model on 64 fixed validation images.
+
+    The CAAM–CAM numbers (:func:`camssl.viz.caam_diagnostics`: one more eval forward) are
+    logged for every method, so CAM-loss runs and their baselines compare directly.
+    """
     x, _ = diagnostic_batch(t, 64)
-    return viz.map_diagnostics(t.eval_model(), x, t.augmenter, t.cfg.diagnostic_layer(), seed=t.cfg.seed)
+    model = t.eval_model()
+    out = viz.map_diagnostics(model, x, t.augmenter, t.cfg.diagnostic_layer(), seed=t.cfg.seed)
+    out.update(viz.caam_diagnostics(model, x, t.augmenter))
+    return out
 
 
 def write_cam_grid(t: Trainer, tag: str) -> None:

@@ -9,7 +9,7 @@ import torch
 if TYPE_CHECKING:
     from camssl.train.loop import Trainer
 
-ALWAYS_SHOWN = ("map_agreement", "blank_maps")  # diagnostics every run logs
+ALWAYS_SHOWN = ("map_agreement", "blank_maps", "caam_cam_agreement")  # diagnostics every run logs
 
 
 def fmt_pct(x: float | None) -> str:
