@@ -24,6 +24,8 @@ from camssl.losses import caam_cam_distance, caam_matching, cam_loss, logit_kd
 from camssl.methods import METHODS, Batch, RunInfo, StepContext
 from camssl.models import build_model
 from camssl.train.checkpoint import fingerprint, load_frozen
+from test_bad_input import fails
+from test_method_lifecycle import records
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -312,24 +314,6 @@ def test_caam_diagnostics_on_known_cases():
 
 TINY = ["--width", "0.125", "--labeled", "100", "--ratio", "0", "--epochs", "1", "optim.batch_size=50",
         "cam_grid=false", "threads=1"]
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
-def fails(argv: list[str], capsys, *needles: str) -> str:
-    assert main(argv) == 2
-    err = one_line_error(capsys)
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
