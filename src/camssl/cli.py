@@ -9,6 +9,9 @@
     camssl sweep SPEC --out DIR --launcher slurm [...]         ... as a Slurm job array (submitit)
     camssl sweep DIR --status                                  each run's state
     camssl table SWEEP_DIR                                     tables, paired CIs, figure
+    camssl active --data DIR --strategy revival --out DIR      active learning (REVIVAL, random, entropy, coreset)
+    camssl active --out DIR --resume                           ... continued (after a kill, or labels filled in)
+    camssl active-table DIR... --out DIR                       accuracy-vs-labels curves, paired CIs vs random
     camssl bench [--quick]                                     step cost per method (docs/benchmarks.md)
     camssl download cifar10 DIR
 
@@ -52,8 +55,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="any config field, e.g. optim.lr=0.05")
 
 
-def _config_from_args(args: argparse.Namespace) -> Any:
-    from camssl.config import load_config, parse_override
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``section.key=value`` overrides and the shortcut flags (``--data`` ...) as one {key: value} dict."""
+    from camssl.config import parse_override
 
     overrides: dict[str, Any] = dict(parse_override(o) for o in args.overrides)
     for flag, (keys, _, _) in SHORTCUTS.items():
@@ -65,7 +69,13 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         overrides["data.skip_bad"] = True
     if args.teacher is not None:
         _check_teacher_flag(args.config, overrides)
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from camssl.config import load_config
+
+    return load_config(args.config, overrides_from_args(args))
 
 
 def _check_teacher_flag(preset: str, overrides: dict[str, Any]) -> None:
@@ -118,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(p)
     p = sub.add_parser("table", parents=[common], help="Table I/II, paired CIs and Figure 3 of a sweep")
     add_table_arguments(p)
+
+    from camssl.active.cli import add_active_arguments, add_active_table_arguments
+
+    p = sub.add_parser("active", parents=[common], help="active learning: train, query the pool, label, retrain (REVIVAL)")
+    add_active_arguments(p)
+    p = sub.add_parser("active-table", parents=[common], help="accuracy-vs-labels curves of active-learning runs")
+    add_active_table_arguments(p)
 
     from camssl.bench import add_bench_arguments
 
@@ -199,8 +216,22 @@ def cmd_table(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_active(args: argparse.Namespace) -> int:
+    from camssl.active.cli import cmd_active as run
+
+    return run(args)
+
+
+def cmd_active_table(args: argparse.Namespace) -> int:
+    from camssl.active.cli import cmd_active_table as run
+
+    return run(args)
+
+
 COMMANDS = {
     "train": cmd_train,
+    "active": cmd_active,
+    "active-table": cmd_active_table,
     "config": cmd_config,
     "cam": cmd_cam,
     "sweep": cmd_sweep,

@@ -12,6 +12,7 @@ there), so ``camssl train --config cpu`` works from any directory.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -357,8 +358,9 @@ def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
 
 
 def preset_names() -> list[str]:
-    """Names of the shipped training presets (sweep specs, which have a ``sweep:`` section, excluded)."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if "sweep" not in read_yaml(p))
+    """Names of the shipped training presets (sweep specs and active-learning configs, which have a
+    ``sweep:`` or ``active:`` section, excluded)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not {"sweep", "active"} & set(read_yaml(p)))
 
 
 def resolve_preset(name_or_path: str) -> Path:
@@ -436,6 +438,19 @@ def load_config(
         tree = load_yaml_tree(preset)
         if "sweep" in tree:
             raise ConfigError(f"'{preset}' is a sweep spec, not a training config; run it with: camssl sweep {preset}")
+        if "active" in tree:
+            raise ConfigError(f"'{preset}' is an active-learning config, not a training config; "
+                              f"run it with: camssl active --config {preset}")
+    return config_from_tree(tree, overrides, validate)
+
+
+def config_from_tree(
+    tree: dict[str, Any],
+    overrides: dict[str, Any] | list[str] | None = None,
+    validate: bool = True,
+) -> TrainConfig:
+    """A :class:`TrainConfig` from a config tree (a preset's YAML, read) with ``overrides`` applied."""
+    tree = copy.deepcopy(tree)
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     section = tree.get("method") if isinstance(tree.get("method"), dict) else {}

@@ -51,6 +51,7 @@ __all__ = [
     "frozen_bn_stats",
     "kl_from_logits",
     "soft_cross_entropy",
+    "target_logits",
     "vat_loss",
     "vat_perturbation",
 ]
@@ -232,6 +233,14 @@ def kl_from_logits(target_logits: Tensor, logits: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - F.log_softmax(logits.float(), dim=1))).sum(1)
 
 
+def target_logits(probs: Tensor) -> Tensor:
+    """Logits (float32) whose softmax is the distribution ``probs`` (B, C): its log, zeros clamped to the tiniest float.
+
+    Lets a fixed target distribution stand where :func:`kl_from_logits` takes target logits.
+    """
+    return probs.detach().float().clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
 def entropy(logits: Tensor) -> Tensor:
     """Per-sample entropy of ``softmax(logits)`` (B,), in float32 (entropy minimisation, Grandvalet & Bengio)."""
     log_p = F.log_softmax(logits.float(), dim=1)
@@ -274,6 +283,7 @@ def vat_perturbation(
     eps: float = 6.0,
     power_iters: int = 1,
     generator: torch.Generator | None = None,
+    target_probs: Tensor | None = None,
 ) -> Tensor:
     """The virtual adversarial perturbation r_adv (detached, same shape as ``x``, norm ``eps`` per sample).
 
@@ -288,9 +298,16 @@ def vat_perturbation(
     logits, so they must come from a forward of ``x`` alone); None computes them here. Under
     autocast the power iteration runs in float32 with its own float32 reference forward
     (camssl's choice: a half-precision reference would swamp the xi-sized difference).
+
+    ``target_probs`` (B, C): a fixed target distribution q in place of p(x), so that the
+    power iteration climbs KL(q || p(x + r)) (e.g. REVIVAL's virtual labels from label
+    propagation, :mod:`camssl.active`); ``logits_clean`` is then ignored and no reference
+    forward runs. Zero entries of q are clamped to the smallest positive float32.
     """
     if power_iters < 0 or eps < 0 or xi <= 0:
         raise ValueError(f"vat: need power_iters >= 0, eps >= 0, xi > 0; got {power_iters}, {eps}, {xi}")
+    if target_probs is not None:
+        logits_clean = target_logits(target_probs)
     device = generator.device if generator is not None else x.device
     d = torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x.device, x.dtype)
     autocast = torch.is_autocast_enabled(x.device.type)
@@ -299,7 +316,7 @@ def vat_perturbation(
         stack.enter_context(torch.enable_grad())
         if autocast:
             stack.enter_context(torch.autocast(x.device.type, enabled=False))
-        if power_iters > 0 and (logits_clean is None or autocast):
+        if power_iters > 0 and target_probs is None and (logits_clean is None or autocast):
             with torch.no_grad():
                 logits_clean = model(x)
         for _ in range(power_iters):

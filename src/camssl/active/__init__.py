@@ -1,0 +1,49 @@
+"""Active learning for semi-supervised models: the loop, pool scoring and query strategies.
+
+``camssl active --data DIR --strategy revival --initial 500 --budget 250 --cycles 4 --out runs/al``
+runs :func:`run_active`: train a camssl method (default ``pseudo_label``) on the labeled
+set and the unlabeled pool, score the pool, query ``budget`` images, reveal their labels
+(simulated from the data, or by a person through a CSV), retrain; ``OUT/active.json``
+records every labeled image's cycle and strategy and every cycle's results.
+
+- :mod:`.loop` — the cycles (:func:`run_active`); :mod:`.state` — active.json;
+- :mod:`.strategies` — ``random``, ``entropy``, ``coreset``, ``revival`` (registry :data:`STRATEGIES`);
+- :mod:`.propagation` — kNN graph and label propagation by conjugate gradient;
+- :mod:`.pool` — features and logits of the pool, the strategies' context, diagnostics;
+- :mod:`.oracle` — the simulated and the files oracle;
+- :mod:`.curves` — accuracy-vs-labels tables and figure (``camssl active-table``);
+- :mod:`.probe` — the fixed-feature experiment (a frozen model, a linear-probe task model);
+- :mod:`.config` — the ``active:`` config section.
+
+REVIVAL (Guo et al., ICCV 2021) is implemented as camssl formulates it (docs/method.md §4):
+no public code exists and only slides are available, so every formula here is camssl's.
+"""
+
+from camssl.active.config import ActiveConfig, RevivalConfig, load_active_config
+from camssl.active.loop import run_active
+from camssl.active.pool import features_and_logits, pool_context, virtual_label_accuracy
+from camssl.active.propagation import Propagation, knn_graph, label_propagation, normalized_adjacency, propagate
+from camssl.active.state import ActiveState
+from camssl.active.strategies import STRATEGIES, PoolContext, Selection, k_center_greedy, register, select
+
+__all__ = [
+    "STRATEGIES",
+    "ActiveConfig",
+    "ActiveState",
+    "PoolContext",
+    "Propagation",
+    "RevivalConfig",
+    "Selection",
+    "features_and_logits",
+    "k_center_greedy",
+    "knn_graph",
+    "label_propagation",
+    "load_active_config",
+    "normalized_adjacency",
+    "pool_context",
+    "propagate",
+    "register",
+    "run_active",
+    "select",
+    "virtual_label_accuracy",
+]

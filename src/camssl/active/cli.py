@@ -1,0 +1,96 @@
+"""Command-line glue of ``camssl active`` and ``camssl active-table``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from camssl.errors import UserError
+
+# flag -> (ActiveConfig field, type, help)
+ACTIVE_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--strategy": ("strategy", str, "query strategy: revival | random | entropy | coreset [revival]"),
+    "--initial": ("initial", int, "size of the class-balanced initial labeled set [500]"),
+    "--budget": ("budget", int, "images queried per cycle [250]"),
+    "--cycles": ("cycles", int, "query rounds (the loop trains cycles + 1 times) [4]"),
+    "--oracle": ("oracle", str, "simulated: the data's labels; files: you fill in a CSV, then --resume [simulated]"),
+}
+NOT_FOR_ACTIVE = ("--labeled", "--ratio")
+DEFAULT_METHOD = "pseudo_label"  # the task model's method with a plain training preset (demo, cpu, paper)
+
+
+def add_active_arguments(p: argparse.ArgumentParser) -> None:
+    from camssl.cli import _add_config_args
+
+    _add_config_args(p)
+    p.set_defaults(config=None)  # None: not given (demo when starting; the saved config when resuming)
+    for flag, (_, typ, text) in ACTIVE_FLAGS.items():
+        p.add_argument(flag, type=typ, default=None, help=text)
+    p.add_argument("--warm-start", action="store_true", default=None,
+                   help="start each cycle from the previous cycle's final weights [re-initialise]")
+    p.add_argument("--out", required=True, help="output folder (active.json, cycle_0/, cycle_1/, ...)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (after a kill, or once the "
+                   "files oracle's CSV is filled in)")
+
+
+def _given(args: argparse.Namespace) -> list[str]:
+    from camssl.cli import SHORTCUTS
+
+    flags = [*SHORTCUTS, *ACTIVE_FLAGS, "--config", "--warm-start", "--skip-bad"]
+    return [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) not in (None, False)] + args.overrides
+
+
+def configs_from_args(args: argparse.Namespace):  # -> tuple[TrainConfig, ActiveConfig]
+    from camssl.active.config import load_active_config
+    from camssl.cli import overrides_from_args
+
+    for flag in NOT_FOR_ACTIVE:
+        if getattr(args, flag.lstrip("-")) is not None:
+            raise UserError(f"{flag} does not apply to camssl active: the loop makes the labeled and unlabeled sets "
+                            "(use --initial and --budget)")
+    active = {field: getattr(args, flag.lstrip("-")) for flag, (field, _, _) in ACTIVE_FLAGS.items()
+              if getattr(args, flag.lstrip("-")) is not None}
+    if args.warm_start:
+        active["warm_start"] = True
+    return load_active_config(args.config or "demo", overrides_from_args(args), active, default_method=DEFAULT_METHOD)
+
+
+def cmd_active(args: argparse.Namespace) -> int:
+    from camssl.active.loop import run_active, summary
+    from camssl.train.report import fmt_pct
+
+    cfg, acfg = configs_from_args(args) if (not args.resume or _given(args)) else (None, None)
+    try:
+        state = run_active(cfg, acfg, args.out, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: camssl active --out {args.out} --resume")
+        raise
+    if state.pending is None:
+        print("cycle  labels  test acc  virtual acc before -> after  train s  selection s")
+        for r in summary(state):
+            sel = "" if r["select_s"] is None else f"{r['select_s']:.1f}"
+            print(f"{r['cycle']:>5}  {r['n_labeled']:>6}  {fmt_pct(r['test_acc']):>8}  "
+                  f"{fmt_pct(r['virtual_acc_before']):>8} -> {fmt_pct(r['virtual_acc_after']):<8}      "
+                  f"{r['train_s']:>7.1f}  {sel:>11}")
+    return 0
+
+
+def add_active_table_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dirs", nargs="+", help="camssl active --out folders, or folders holding several")
+    p.add_argument("--out", default=None, help="where to write curves.md/.csv/.png [the first folder]")
+    p.add_argument("--metric", choices=["test_acc", "test_acc_at_best_val"], default="test_acc",
+                   help="test accuracy of each cycle's final model, or at its best validation epoch [test_acc]")
+    p.add_argument("--baseline", default="random", help="strategy the paired differences are taken against [random]")
+    p.add_argument("--title", default="Active learning: accuracy vs labels", help="title of the table and figure")
+
+
+def cmd_active_table(args: argparse.Namespace) -> int:
+    from camssl.active.curves import points_from_runs, write_curves
+
+    points = points_from_runs(args.dirs, args.metric)
+    out = Path(args.out or args.dirs[0])
+    metric = "test accuracy" + (" at the best validation epoch" if args.metric == "test_acc_at_best_val" else "")
+    for path in write_curves(points, out, args.title, args.baseline, metric):
+        print(f"wrote {path}")
+    print((out / "curves.md").read_text(), end="")
+    return 0

@@ -1,0 +1,193 @@
+"""Accuracy-vs-labels curves of several strategies × seeds, with paired differences against a baseline.
+
+``camssl active-table DIR... --out DIR`` reads every ``active.json`` under the given
+folders; ``scripts/active_features.py`` hands its own points in. Both write:
+
+- ``curves.csv``: one row per (strategy, seed, cycle): labels, accuracy;
+- ``curves.md``: mean ± std over seeds per strategy and cycle, and the paired difference
+  of each strategy minus the baseline (``random``) per cycle, over the seeds both have,
+  with a two-sided 95% Student-t interval (:mod:`camssl.experiments.stats`; ``*`` marks an
+  interval that excludes 0);
+- ``curves.png``: accuracy against the number of labels (±1 std bars) and the paired
+  differences (95% interval bars).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from camssl import io
+from camssl.errors import UserError
+from camssl.experiments.stats import PairedDiff, Stat, paired_diff
+
+
+@dataclass(frozen=True)
+class Point:
+    strategy: str
+    seed: int
+    cycle: int
+    n_labeled: int
+    acc: float
+
+
+def points_from_runs(dirs: Sequence[str | Path], metric: str = "test_acc") -> list[Point]:
+    """The points of every active-learning run (a folder with active.json) in or below ``dirs``."""
+    from camssl.active.state import STATE_FILE, ActiveState
+
+    found = []
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise UserError(f"'{d}' is not a directory; give active-learning output folders (camssl active --out)")
+        found += sorted(p.parent for p in d.rglob(STATE_FILE))
+    if not found:
+        raise UserError(f"no {STATE_FILE} in or below {', '.join(map(str, dirs))}; give camssl active --out folders")
+    points, owner = [], {}
+    for run in dict.fromkeys(found):
+        state = ActiveState.load(run)
+        strategy, seed = state.active["strategy"], int(state.train_config["seed"])
+        if (strategy, seed) in owner:
+            raise UserError(f"two runs of strategy {strategy} with seed {seed}: '{owner[strategy, seed]}' and '{run}'; "
+                            "give each seed once")
+        owner[strategy, seed] = run
+        for c in state.cycles:
+            if c.get(metric) is None:
+                raise UserError(f"'{run}' cycle {c['cycle']} has no {metric}; choose --metric test_acc or "
+                                "test_acc_at_best_val")
+            points.append(Point(strategy, seed, int(c["cycle"]), int(c["n_labeled"]), float(c[metric])))
+    return points
+
+
+def _by(points: Iterable[Point]) -> dict[str, dict[int, dict[int, Point]]]:
+    out: dict[str, dict[int, dict[int, Point]]] = {}
+    for p in points:
+        out.setdefault(p.strategy, {}).setdefault(p.cycle, {})[p.seed] = p
+    return out
+
+
+def _order(strategies: Iterable[str], baseline: str) -> list[str]:
+    return sorted(strategies, key=lambda s: (s != baseline, s))
+
+
+def _labels(cells: Iterable[dict[int, Point]]) -> str:
+    ns = sorted({p.n_labeled for cell in cells for p in cell.values()})
+    return str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    return "—" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
+
+
+def _stat_cell(st: Stat | None) -> str:
+    if st is None:
+        return "—"
+    return f"{_pct(st.mean)} ± {_pct(st.std)} ({st.n})" if st.std is not None else f"{_pct(st.mean)} ({st.n})"
+
+
+def _diff_cell(d: PairedDiff | None) -> str:
+    if d is None:
+        return "—"
+    if d.low is None:
+        return f"{_pct(d.mean, True)} ({d.n})"
+    return f"{_pct(d.mean, True)} [{_pct(d.low, True)}, {_pct(d.high, True)}]{'*' if d.excludes_zero else ''} ({d.n})"
+
+
+def diffs(points: Sequence[Point], baseline: str = "random") -> dict[str, dict[int, PairedDiff | None]]:
+    """Per strategy (not the baseline) and cycle: the paired difference strategy − baseline over common seeds."""
+    by = _by(points)
+    base = by.get(baseline, {})
+    return {s: {c: paired_diff({k: p.acc for k, p in cell.items()}, {k: p.acc for k, p in base.get(c, {}).items()})
+                for c, cell in sorted(cycles.items())}
+            for s, cycles in by.items() if s != baseline}
+
+
+def curves_markdown(points: Sequence[Point], title: str, baseline: str = "random", metric: str = "test accuracy") -> str:
+    by = _by(points)
+    strategies = _order(by, baseline)
+    cycles = sorted({p.cycle for p in points})
+    lines = [f"# {title}", "", f"{metric} (%), mean ± std over seeds (number of seeds)", "",
+             "| cycle | labels | " + " | ".join(strategies) + " |", "|---|---|" + "---|" * len(strategies)]
+    for c in cycles:
+        cells = [by[s].get(c, {}) for s in strategies]
+        stats = [_stat_cell(Stat.of([p.acc for p in cell.values()])) for cell in cells]
+        lines.append(f"| {c} | {_labels(cells)} | " + " | ".join(stats) + " |")
+    d = diffs(points, baseline)
+    if baseline in by and d:
+        others = [s for s in strategies if s != baseline]
+        lines += ["", f"Paired difference minus {baseline} (percentage points), mean [95% t interval] (seeds); "
+                  "* = the interval excludes 0", "",
+                  "| cycle | labels | " + " | ".join(others) + " |", "|---|---|" + "---|" * len(others)]
+        for c in cycles:
+            cells = [by[s].get(c, {}) for s in strategies]
+            lines.append(f"| {c} | {_labels(cells)} | " + " | ".join(_diff_cell(d[s].get(c)) for s in others) + " |")
+    elif baseline not in by:
+        lines += ["", f"(no {baseline} runs: no paired differences)"]
+    return "\n".join(lines) + "\n"
+
+
+def curves_csv(points: Sequence[Point]) -> str:
+    buf = _stdio.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["strategy", "seed", "cycle", "n_labeled", "acc"])
+    for p in sorted(points, key=lambda p: (p.strategy, p.seed, p.cycle)):
+        w.writerow([p.strategy, p.seed, p.cycle, p.n_labeled, f"{p.acc:.6f}"])
+    return buf.getvalue()
+
+
+def curves_figure(points: Sequence[Point], title: str, baseline: str = "random", metric: str = "test accuracy") -> bytes:
+    """PNG bytes: accuracy vs labels (±1 std) and the paired differences vs ``baseline`` (95% t intervals)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = _by(points)
+    strategies = _order(by, baseline)
+    d = diffs(points, baseline)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for i, s in enumerate(strategies):
+        xs, ys, es = [], [], []
+        for c, cell in sorted(by[s].items()):
+            st = Stat.of([p.acc for p in cell.values()])
+            if st is not None:
+                xs.append(sum(p.n_labeled for p in cell.values()) / len(cell))
+                ys.append(100 * st.mean)
+                es.append(100 * (st.std or 0.0))
+        axes[0].errorbar(xs, ys, yerr=es, label=s, marker="o", capsize=3, linewidth=1.4)
+        if s in d:
+            dx, dy, lo, hi = [], [], [], []
+            for c, diff in d[s].items():
+                if diff is not None:
+                    dx.append(sum(p.n_labeled for p in by[s][c].values()) / len(by[s][c]) + 0.004 * i * max(xs or [1]))
+                    dy.append(100 * diff.mean)
+                    lo.append(100 * (diff.mean - diff.low) if diff.low is not None else 0.0)
+                    hi.append(100 * (diff.high - diff.mean) if diff.high is not None else 0.0)
+            axes[1].errorbar(dx, dy, yerr=[lo, hi], label=s, marker="o", capsize=3, linewidth=1.4, color=f"C{i}")
+    axes[0].set(xlabel="labeled images", ylabel=f"{metric}, %", title="accuracy vs labels (±1 std over seeds)")
+    axes[1].axhline(0.0, color="gray", linewidth=1)
+    axes[1].set(xlabel="labeled images", ylabel="percentage points",
+                title=f"paired difference minus {baseline} (95% t interval)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    buf = _stdio.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_curves(points: Sequence[Point], out: str | Path, title: str, baseline: str = "random",
+                 metric: str = "test accuracy") -> list[Path]:
+    """Write curves.csv, curves.md and curves.png into ``out``; returns their paths."""
+    if not points:
+        raise UserError("no accuracy points to tabulate")
+    out = Path(out)
+    paths = [out / "curves.csv", out / "curves.md", out / "curves.png"]
+    io.write_text(paths[0], curves_csv(points))
+    io.write_text(paths[1], curves_markdown(points, title, baseline, metric))
+    io.write_bytes(paths[2], curves_figure(points, title, baseline, metric))
+    return paths
