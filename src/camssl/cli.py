@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with: camssl train --resume RUN_DIR", file=sys.stderr)
+        again = f"camssl active --out {args.out} --resume" if args.command == "active" else "camssl train --resume RUN_DIR"
+        print(f"interrupted; continue with: {again}", file=sys.stderr)
         return 130
 
 

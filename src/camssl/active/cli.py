@@ -60,11 +60,7 @@ def cmd_active(args: argparse.Namespace) -> int:
     from camssl.train.report import fmt_pct
 
     cfg, acfg = configs_from_args(args) if (not args.resume or _given(args)) else (None, None)
-    try:
-        state = run_active(cfg, acfg, args.out, resume=args.resume)
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with: camssl active --out {args.out} --resume")
-        raise
+    state = run_active(cfg, acfg, args.out, resume=args.resume)
     if state.pending is None:
         print("cycle  labels  test acc  virtual acc before -> after  train s  selection s")
         for r in summary(state):

@@ -96,7 +96,7 @@ def _check_same(state: ActiveState, cfg: TrainConfig | None, acfg: ActiveConfig 
             else cfg.optim.steps_per_epoch
         diff += config_differences(saved_cfg.to_dict(), fixed.to_dict(), ignore=RESUMABLE_CHANGES)
     if acfg is not None:
-        diff += config_differences(saved_acfg.to_dict(), acfg.to_dict())
+        diff += [(f"active.{k}", a, b) for k, a, b in config_differences(saved_acfg.to_dict(), acfg.to_dict())]
     if diff:
         k, a, b = diff[0]
         raise UserError(f"'{out}' was started with {k}={a!r}, not {b!r}; resume with the saved settings "

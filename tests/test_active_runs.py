@@ -1,0 +1,206 @@
+"""``camssl active`` as a whole, on the embedded mini set with tiny models: the command line (REVIVAL,
+2 cycles), exact resume after SIGKILL mid-cycle and after interruptions between the loop's steps, the
+files oracle round trip, the bad-input errors, ``camssl active-table`` and the fixed-feature script."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from camssl.active.loop import _Loop
+from camssl.active.state import comparable
+from camssl.cli import main
+from camssl.data import Split
+from test_bad_input import fails, snapshot
+from test_method_lifecycle import finish, launch
+
+TINY = ["--data", "mini", "--width", "0.125", "--epochs", "2", "optim.steps_per_epoch=3", "optim.batch_size=32",
+        "threads=1", "deterministic=true", "cam_grid=false"]
+REVIVAL = ["--strategy", "revival", "--initial", "100", "--budget", "50", "--cycles", "2", *TINY]
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def state(out: Path) -> dict:
+    return json.loads((out / "active.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def revival_run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("al") / "revival"
+    return out, finish(launch(1, "active", "--out", str(out), *REVIVAL))
+
+
+def test_revival_from_the_command_line_two_cycles(revival_run):
+    out, printed = revival_run
+    s = state(out)
+    assert s["finished"] and s["pending"] is None and [c["n_labeled"] for c in s["cycles"]] == [100, 150, 200]
+    assert "cycle  labels  test acc" in printed and "queried 50 images with revival" in printed
+    val = set(s["val"])
+    labeled = s["labeled"]
+    assert len(labeled["index"]) == len(set(labeled["index"])) == 200 and not val & set(labeled["index"])
+    assert labeled["strategy"] == ["initial"] * 100 + ["revival"] * 100
+    assert labeled["cycle"] == [0] * 100 + [1] * 50 + [2] * 50
+    before = set(labeled["index"][:100])
+    for c in (0, 1):
+        query = s["cycles"][c]["query"]
+        q = query["index"]
+        assert len(q) == len(set(q)) == 50 and not set(q) & (before | val)  # unique, new, never validation
+        assert sum(query["class_histogram"]) == 50 and 0 <= query["virtual_acc_before"] <= 1
+        assert set(s["cycles"][c]["time"]) == {"train_s", "features_s", "select_s", "diagnostics_s"}
+        before |= set(q)
+    for c in range(3):  # each cycle an ordinary run: its split is the labeled set so far, validation fixed
+        split = Split.load(out / f"cycle_{c}" / "split.json")
+        want = sorted(i for i, k in zip(labeled["index"], labeled["cycle"]) if k <= c)
+        assert split.labeled.tolist() == want and split.val.tolist() == s["val"]
+        assert len(split.unlabeled) == 2000 - len(want) and not set(split.unlabeled.tolist()) & set(want)
+        result = json.loads((out / f"cycle_{c}" / "result.json").read_text())
+        assert result["steps"] == 6 and s["cycles"][c]["test_acc"] == result["test_acc"]
+
+
+def test_sigkill_mid_cycle_resumes_to_the_same_active_json(revival_run, tmp_path):
+    full, _ = revival_run
+    out = tmp_path / "killed"
+    proc = launch(1, "active", "--out", str(out), *REVIVAL)
+    deadline = time.time() + 300
+    while not (out / "cycle_1" / "last.pt").exists():  # cycle 1 has finished its first of two epochs
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "no cycle-1 checkpoint after 5 minutes"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not state(out)["finished"] and not (out / "cycle_1" / "result.json").exists()
+    printed = finish(launch(1, "active", "--out", str(out), "--resume"))
+    assert "resumed from" in printed
+    assert comparable(state(out)) == comparable(state(full))
+
+
+def test_interruptions_between_the_loops_steps_resume_exactly(tmp_path, monkeypatch, capsys):
+    args = ["--strategy", "coreset", "--initial", "100", "--budget", "40", "--cycles", "1", *TINY]
+    assert main(["active", "--out", str(tmp_path / "full"), *args]) == 0
+    original = {"_select": _Loop._select, "_label": _Loop._label}
+
+    def interrupt(name):
+        def once(self, *a):
+            monkeypatch.setattr(_Loop, name, original[name])
+            raise KeyboardInterrupt
+        monkeypatch.setattr(_Loop, name, once)
+
+    out = tmp_path / "interrupted"
+    interrupt("_select")  # cycle 0 trained and recorded, nothing selected yet
+    assert main(["active", "--out", str(out), *args]) == 130
+    assert len(state(out)["cycles"]) == 1 and "query" not in state(out)["cycles"][0]
+    interrupt("_label")  # the query recorded, its labels not yet
+    assert main(["active", "--out", str(out), "--resume"]) == 130
+    assert state(out)["pending"]["cycle"] == 1 and len(state(out)["labeled"]["index"]) == 100
+    assert main(["active", "--out", str(out), "--resume", *args]) == 0  # the same settings may be repeated
+    assert comparable(state(out)) == comparable(state(tmp_path / "full"))
+    assert f"interrupted; continue with: camssl active --out {out} --resume" in capsys.readouterr().err
+
+
+def test_files_oracle_round_trip(tmp_path, capsys):
+    out = tmp_path / "files"
+    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "1", "--oracle", "files", *TINY]
+    assert main(["active", "--out", str(out), *args]) == 0
+    assert "20 images to label" in capsys.readouterr().out and state(out)["pending"]["csv"] == "queries/cycle_1.csv"
+    csv_path = out / "queries" / "cycle_1.csv"
+    before = snapshot(out)
+    fails(["active", "--out", str(out), "--resume"], capsys, "20 of the 20 queried images", "no label yet")
+    rows = list(csv.DictReader(csv_path.open()))
+    classes = state(out)["classes"]
+    truth = {r["file"]: classes[(k * 3) % 10] for k, r in enumerate(rows)}  # labels a person gave (not the data's)
+
+    def write(extra: str = "", wrong_class: str | None = None) -> None:
+        body = "".join(f"{f},{wrong_class if wrong_class and k == 0 else y}\n" for k, (f, y) in enumerate(truth.items()))
+        csv_path.write_text("file,label\n" + body + extra)
+
+    write(extra="123456.png,cat\n")
+    fails(["active", "--out", str(out), "--resume"], capsys, "unknown file '123456.png'", str(csv_path))
+    write(wrong_class="unicorn")
+    fails(["active", "--out", str(out), "--resume"], capsys, "unknown class 'unicorn'", "valid classes: airplane")
+    assert {k: v for k, v in snapshot(out).items() if not k.endswith(".csv")} == \
+        {k: v for k, v in before.items() if not k.endswith(".csv")}  # nothing lost or changed
+    write()
+    assert main(["active", "--out", str(out), "--resume"]) == 0
+    s = state(out)
+    assert s["finished"] and s["labeled"]["cycle"][100:] == [1] * 20
+    given = {f"{i:06d}.png": classes[y] for i, y in zip(s["labeled"]["index"][100:], s["labeled"]["label"][100:])}
+    assert given == truth  # the person's labels, as written
+    split = json.loads((out / "cycle_1" / "split.json").read_text())
+    initial = torch.bincount(torch.tensor(s["labeled"]["label"][:100]), minlength=10)
+    person = torch.bincount(torch.tensor([classes.index(v) for v in truth.values()]), minlength=10)
+    assert split["counts"]["labeled"] == (initial + person).tolist()  # cycle 1 trained on those labels
+    fails(["active", "--out", str(out), *args], capsys, "already holds an active-learning run", "--resume")
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--budget", "1501"], ["--budget 1501 is larger than the pool of 1500"]),
+    (["--budget", "800", "--cycles", "2"], ["--budget 800 x --cycles 2 = 1600", "exceed the pool of 1500"]),
+    (["--initial", "0"], ["--initial 0 is invalid"]),
+    (["--initial", "2001"], ["--initial 2001 is more than the 2000 training images outside the validation set"]),
+    (["--initial", "5"], ["fewer than the 10 classes"]),
+    (["--strategy", "bald"], ["unknown strategy 'bald'; choose one of: random, entropy, coreset, revival"]),
+    (["--labeled", "100"], ["--labeled does not apply to camssl active"]),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, needles, tmp_path, capsys):
+    out = tmp_path / "out"
+    fails(["active", "--out", str(out), "--initial", "500", *TINY, *argv], capsys, *needles)
+    assert not out.exists()
+
+
+def test_resume_needs_a_run_and_keeps_its_settings(revival_run, tmp_path, capsys):
+    fails(["active", "--out", str(tmp_path), "--resume"], capsys, "holds no active-learning run (no active.json)")
+    out, _ = revival_run
+    before = snapshot(out)
+    fails(["active", "--out", str(out), "--resume", *REVIVAL, "--budget", "40"], capsys,
+          "was started with active.budget=50, not 40")
+    (tmp_path / "x").write_text("a file")
+    fails(["active", "--out", str(tmp_path), *REVIVAL], capsys, "not an empty directory")
+    assert snapshot(out) == before
+
+
+def test_active_table_pairs_strategies_by_seed(revival_run, tmp_path, capsys):
+    out, _ = revival_run
+    rand = tmp_path / "random"
+    assert main(["active", "--out", str(rand), *REVIVAL[2:], "--strategy", "random"]) == 0
+    capsys.readouterr()
+    table = tmp_path / "table"
+    assert main(["active-table", str(out), str(rand), "--out", str(table)]) == 0
+    md = (table / "curves.md").read_text()
+    rows = list(csv.DictReader((table / "curves.csv").open()))
+    assert len(rows) == 6 and {r["strategy"] for r in rows} == {"random", "revival"}
+    acc = {(r["strategy"], int(r["cycle"])): float(r["acc"]) for r in rows}
+    assert acc["random", 0] == acc["revival", 0]  # cycle 0: the same initial set, the same training
+    assert "| 0 | 100 | " in md and "+0.00 (1)" in md
+    diff2 = 100 * (acc["revival", 2] - acc["random", 2])
+    assert f"| 2 | 200 | {diff2:+.2f} (1) |" in md
+    assert (table / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "active.json").write_bytes((out / "active.json").read_bytes())
+    fails(["active-table", str(out), str(tmp_path / "copy")], capsys, "two runs of strategy revival with seed 0")
+
+
+def test_fixed_feature_script_on_the_mini_set(revival_run, tmp_path):
+    out, _ = revival_run
+    res = tmp_path / "probe"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "active_features.py"), "--run", str(out / "cycle_2"),
+                           "--data", "mini", "--pool", "400", "--initial", "20", "--budget", "10", "--cycles", "2",
+                           "--seeds", "0", "1", "--out", str(res), "--revival", "k=10"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((res / "curves.csv").open()))
+    assert len(rows) == 4 * 2 * 3 and {int(r["n_labeled"]) for r in rows} == {20, 30, 40}
+    for seed in ("0", "1"):  # the same initial set for every strategy: the same cycle-0 probe
+        assert len({r["acc"] for r in rows if r["seed"] == seed and r["cycle"] == "0"}) == 1
+    diag = list(csv.DictReader((res / "diagnostics.csv").open()))
+    assert len(diag) == 24 and all(0 <= float(d["virtual_acc_pool"]) <= 1 for d in diag)
+    assert "Paired difference minus random" in (res / "curves.md").read_text()
+    assert json.loads((res / "settings.json").read_text())["revival"] == {"k": 10}
