@@ -204,3 +204,21 @@ def test_fixed_feature_script_on_the_mini_set(revival_run, tmp_path):
     assert len(diag) == 24 and all(0 <= float(d["virtual_acc_pool"]) <= 1 for d in diag)
     assert "Paired difference minus random" in (res / "curves.md").read_text()
     assert json.loads((res / "settings.json").read_text())["revival"] == {"k": 10}
+
+
+def test_warm_start_starts_each_cycle_from_the_previous_final_weights(tmp_path, monkeypatch, capsys):
+    import camssl.active.loop as loop
+
+    inits = []
+
+    class Recording(loop.Trainer):
+        def __init__(self, *a, init=None, **kw):
+            inits.append(init)
+            super().__init__(*a, init=init, **kw)
+
+    monkeypatch.setattr(loop, "Trainer", Recording)
+    out = tmp_path / "warm"
+    args = ["--strategy", "random", "--initial", "100", "--budget", "20", "--cycles", "1", "--warm-start", *TINY]
+    assert main(["active", "--out", str(out), *args]) == 0
+    assert inits == [None, out / "cycle_0" / "last.pt"] and state(out)["active"]["warm_start"] is True
+    assert "(warm start)" in capsys.readouterr().out

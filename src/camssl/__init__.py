@@ -8,6 +8,7 @@ The main entry points, importable from the package (loaded on first use)::
 - :func:`camssl.augment.carry` — move maps between augmented views;
 - :mod:`camssl.losses` — the loss functions, for your own training loop;
 - :func:`camssl.train.train`, :class:`camssl.train.Trainer` — training runs;
+- :func:`camssl.active.run_active` — the active-learning loop (``camssl active``);
 - :func:`camssl.config.load_config`, :func:`camssl.models.build_model`.
 """
 
@@ -33,8 +34,9 @@ _EXPORTS = {
     "make_split": "camssl.data",
     "METHODS": "camssl.methods",
     "register": "camssl.methods",
+    "run_active": "camssl.active",
 }
-_MODULES = ("losses", "cam", "augment", "methods", "models", "data", "config")
+_MODULES = ("losses", "cam", "augment", "methods", "models", "data", "config", "active")
 
 __all__ = sorted([*_EXPORTS, *_MODULES, "__version__"])
 

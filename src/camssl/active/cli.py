@@ -24,6 +24,10 @@ def add_active_arguments(p: argparse.ArgumentParser) -> None:
 
     _add_config_args(p)
     p.set_defaults(config=None)  # None: not given (demo when starting; the saved config when resuming)
+    for action in p._actions:
+        if "--config" in action.option_strings:
+            action.help = ("preset (active-cpu, active-paper, or a training preset: demo, cpu, paper, whose task model "
+                           f"is then {DEFAULT_METHOD} unless --method says otherwise) or a YAML file [demo]")
     for flag, (_, typ, text) in ACTIVE_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=text)
     p.add_argument("--warm-start", action="store_true", default=None,
