@@ -150,6 +150,7 @@ class _Loop:
 
     def run(self) -> ActiveState:
         o, a = self.cfg.optim, self.acfg
+        process_settings(self.cfg)  # threads and determinism also for a resume that starts with a selection
         self.log(f"active learning: strategy {a.strategy}, {a.initial} initial + {a.budget} x {a.cycles} queries "
                  f"({a.oracle} oracle); {len(self.val)} validation images; each cycle trains {self.cfg.method.name} "
                  f"for {o.epochs} epochs x {o.steps_per_epoch} steps = {o.epochs * o.steps_per_epoch} steps "
