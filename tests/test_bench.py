@@ -35,11 +35,13 @@ def test_bench_writes_report(tmp_path, capsys):
     steps = ["supervised", "pseudo_label", "gradcam @ layer3 full", "gradcam @ layer3 detach-weights", "views only"]
     if bench.captum_status() is None:  # captum is a test extra; without it the reference is skipped
         steps.append("reference (captum) @ layer3")
+    steps += ["vat (1 power iteration)", "lga, classifier scope", "lga, all parameters", "lga + VAT", "cam_loss"]
     for step in steps:
         assert f"| {step}" in text, step
     expected = [f"gradcam @ layer3 {mode} ÷ pseudo_label (time)" for mode in ("full", "detach-weights")]
     if bench.captum_status() is None:
         expected.append("reference (captum) ÷ gradcam @ layer3 full (time)")
+    expected.append("lga (classifier scope) ÷ pseudo_label (time)")
     expected.append("views ÷ pseudo_label step (augmentation share)")
     expected += [f"peak memory gradcam @ layer3 {mode} ÷ pseudo_label" for mode in ("full", "detach-weights")]
     verdicts = targets_table(text)
@@ -54,10 +56,12 @@ def test_bench_writes_report(tmp_path, capsys):
     filled = text.replace("_TBD_", "123.4", 1)
     out.write_text(filled)
     args = ["--quick", "--widths", "0.125", "--batch", "2", "--reps", "1", "--warmup", "0", "--layers", "layer4",
-            "--modes", "detach-weights", "--no-reference", "--no-experiments", "--no-memory", "--threads", "1"]
+            "--modes", "detach-weights", "--no-reference", "--no-experiments", "--no-memory", "--threads", "1",
+            "--no-methods"]
     assert bench.main([*args, "--out", str(out)]) == 0
     again = out.read_text()
     assert "123.4" in again and "gradcam @ layer4 detach-weights (closed form)" in again
+    assert "| vat (1 power iteration)" not in again and "lga (classifier scope) ÷" not in again
 
 
 def test_cli_glue_api():

@@ -25,6 +25,7 @@ TARGET_STEP_RATIO = {"layer4": 1.03, "layer3": 1.15, "layer2": 1.30, "layer1": 1
 TARGET_REFERENCE = 2.0
 TARGET_VIEW_SHARE = 0.05
 TARGET_MEMORY = 1.5
+TARGET_LGA = 1.15  # issue 13: an lga step (classifier scope) ≤ 1.15 × a pseudo_label step
 
 E2E_BEGIN = "<!-- end-to-end:begin (kept when the file is regenerated) -->"
 E2E_END = "<!-- end-to-end:end -->"
@@ -57,6 +58,7 @@ class BenchOptions:
     layers: list[str] = field(default_factory=lambda: list(LAYERS))
     modes: list[str] = field(default_factory=lambda: list(MODES))
     reference: bool = True
+    methods: bool = True  # vat, lga (both scopes), lga + VAT and cam_loss beside pseudo_label
     memory: bool = True
     experiments: bool = True
     compile: bool = True
@@ -85,6 +87,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default=None, help=f"Grad-CAM gradient modes, comma-separated [{','.join(MODES)}]")
     p.add_argument("--no-reference", dest="reference", action="store_false", default=True,
                    help="skip the captum LayerGradCam reference implementation")
+    p.add_argument("--no-methods", dest="methods", action="store_false", default=True,
+                   help="skip the other methods' steps (vat, lga both scopes, lga + VAT, cam_loss)")
     p.add_argument("--no-memory", dest="memory", action="store_false", default=True,
                    help="skip the peak-memory and profile step")
     p.add_argument("--no-experiments", dest="experiments", action="store_false", default=True,
@@ -127,7 +131,7 @@ def options_from_args(args: argparse.Namespace, command: str | None = None) -> B
         o.layers = _parse_list("--layers", args.layers, str)
     if given("modes") is not None:
         o.modes = _parse_list("--modes", args.modes, str)
-    for name in ("reference", "memory", "experiments"):
+    for name in ("reference", "methods", "memory", "experiments"):
         setattr(o, name, getattr(args, name, getattr(o, name)))
     o.compile = o.compile and getattr(args, "compile", True)
     if given("channels_last") is not None:

@@ -20,6 +20,7 @@ from camssl.bench.options import (
     MODEL,
     NUM_CLASSES,
     TARGET_MEMORY,
+    TARGET_LGA,
     TARGET_REFERENCE,
     TARGET_STEP_RATIO,
     TARGET_VIEW_SHARE,
@@ -31,7 +32,7 @@ from camssl.bench.results import BenchResult, WidthResult, mib, ms
 class Check:
     """One target of issue 5, measured."""
 
-    kind: str  # step | reference | views | memory
+    kind: str  # step | reference | views | memory | method
     what: str
     limit: float
     measured: float
@@ -55,7 +56,7 @@ class Check:
     def measured_text(self) -> str:
         if self.kind == "views":
             return f"{100 * self.measured:.1f}%"
-        return f"{self.measured:.3f}" if self.kind in ("step", "reference") else f"{self.measured:.2f}"
+        return f"{self.measured:.3f}" if self.kind in ("step", "reference", "method") else f"{self.measured:.2f}"
 
     @property
     def within_noise(self) -> bool:
@@ -101,6 +102,10 @@ def targets(res: BenchResult) -> list[Check]:
                 "reference", f"reference (captum) ÷ gradcam @ {layer} full (time)", TARGET_REFERENCE,
                 t[ref].median / t[gc].median, at_most=False, layer=layer, mode="full", model=model,
                 cpu=t[ref].cpu_median / t[gc].cpu_median, noise=_ratio_noise(t[ref], t[gc])))
+    if "lga/classifier" in t:
+        lga = t["lga/classifier"]
+        checks.append(Check("method", "lga (classifier scope) ÷ pseudo_label (time)", TARGET_LGA,
+                            lga.median / pl.median, cpu=lga.cpu_median / pl.cpu_median, noise=_ratio_noise(lga, pl)))
     if "views" in t:
         checks.append(Check("views", "views ÷ pseudo_label step (augmentation share)", TARGET_VIEW_SHARE,
                             t["views"].median / pl.median, cpu=t["views"].cpu_median / pl.cpu_median))
@@ -227,6 +232,10 @@ def render(res: BenchResult, keep: str | None = None) -> str:
         "grad_kwargs={\"create_graph\": True})` (which runs its own forward pass); map alignment, normalisation "
         "and distance are camssl's, so only the Grad-CAM machinery differs.",
         "- `views only`: the three views of one step (weak labeled view, original anchor, strong view), alone.",
+        "- `vat`, `lga` (classifier scope: the closed-form gradient of the classifier layer; all parameters: one "
+        "Jacobian–vector product per inner step), `lga + VAT` (`method.vat_weight=0.3`) and `cam_loss`: the "
+        "methods' own steps with their default configs (`--no-methods` leaves them out); the rig's batch is the "
+        "methods' whole training set, so lga's label table holds these 2 × batch rows.",
         "",
     ]
     if res.captum is not None and o.reference:

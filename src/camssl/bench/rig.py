@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,10 +85,31 @@ class Rig:
             g["lr"] = value
         self.optimizer.zero_grad(set_to_none=True)
 
+    def run_info(self) -> Any:
+        """What :meth:`Method.setup` gets on this rig: its batch is the whole training set
+        (labeled images first, then the unlabeled ones), no validation images."""
+        from camssl.data import Split, SplitConfig
+        from camssl.distributed import Dist
+        from camssl.methods import RunInfo
+
+        b = self.batch
+        n_l, n = len(b.y_l), len(b.y_l) + len(b.y_u)
+        idx = torch.arange(n)
+        split = Split(idx[:n_l], idx[n_l:], idx[:0], SplitConfig(n_labeled=n_l), "bench")
+
+        def no_teacher(path: Any) -> nn.Module:
+            raise ValueError("the benchmark has no frozen models")
+
+        return RunInfo(NUM_CLASSES, [str(c) for c in range(NUM_CLASSES)], n, split, self.device, Dist(),
+                       self.base_model, Path("."), torch.cat([b.y_l, b.y_u]), no_teacher)
+
     def train_step(self, method: Any, model: nn.Module | None = None) -> Callable[[bool], None]:
-        """The trainer's step with ``method``; ``step(True)`` marks its phases for the profiler."""
+        """The trainer's step with ``method`` (set up on this rig first, as the trainer does);
+        ``step(True)`` marks its phases for the profiler."""
         from torch.profiler import record_function
 
+        if isinstance(method, Method):
+            method.setup(self.run_info())
         stepper = self.stepper(method, model)
 
         def step(profiled: bool = False) -> None:
@@ -174,10 +196,21 @@ class CaptumReference(Method):
 class StepType:
     key: str  # e.g. "gradcam@layer3/full"
     label: str  # for tables
-    kind: str  # supervised | pseudo_label | gradcam | reference | views
+    kind: str  # a method's name (supervised, pseudo_label, gradcam, vat, lga...) | reference | views
     layer: str | None = None
     mode: str | None = None
     images: int = 0  # images consumed per step (0: not a training step)
+    fields: dict[str, Any] = field(default_factory=dict)  # the method's config fields (other than defaults)
+
+
+# the other methods' step types, timed beside pseudo_label: (key, label, method, config fields)
+METHOD_STEPS = (
+    ("vat", "vat (1 power iteration)", "vat", {}),
+    ("lga/classifier", "lga, classifier scope (closed form, K = 3)", "lga", {"scope": "classifier"}),
+    ("lga/all", "lga, all parameters (one JVP per inner step, K = 3)", "lga", {"scope": "all"}),
+    ("lga+vat", "lga + VAT (the paper's configuration)", "lga", {"vat_weight": 0.3}),
+    ("cam_loss", "cam_loss (L_cam on the labeled batch)", "cam_loss", {}),
+)
 
 
 def step_types(o: BenchOptions, captum_ok: bool) -> list[StepType]:
@@ -192,6 +225,10 @@ def step_types(o: BenchOptions, captum_ok: bool) -> list[StepType]:
         if o.reference and captum_ok:
             out.append(StepType(f"reference@{layer}", f"reference (captum) @ {layer} full", "reference", layer,
                                 "full", n))
+    if o.methods:
+        for key, label, method, fields in METHOD_STEPS:
+            uses_u = key != "cam_loss"
+            out.append(StepType(key, label, method, images=n if uses_u else o.batch, fields=dict(fields)))
     return out
 
 
@@ -203,5 +240,5 @@ def build_step(rig: Rig, st: StepType, model: nn.Module | None = None) -> Callab
         return rig.views_step(gradcam.anchor)
     if st.kind == "reference":
         return rig.train_step(CaptumReference(gradcam, model if model is not None else rig.model, gradcam.layers[0]), model)
-    cfg = gradcam if st.kind == "gradcam" else METHODS[st.kind].Config()
+    cfg = gradcam if st.kind == "gradcam" else METHODS[st.kind].Config(**st.fields)
     return rig.train_step(METHODS[st.kind](cfg), model)

@@ -66,7 +66,10 @@ def _make_batch(o: BenchOptions, device: torch.device) -> tuple[Any, str]:
 
     images, labels, source = load_images(o.batch + o.unlabeled, o.seed)
     b = o.batch
-    batch = Batch(images[:b].to(device), labels[:b].to(device), images[b:].to(device), labels[b:].to(device))
+    n = o.batch + o.unlabeled
+    idx = torch.arange(n, device=device)  # indices into the rig's "training set" (the batch itself)
+    batch = Batch(images[:b].to(device), labels[:b].to(device), images[b:].to(device), labels[b:].to(device),
+                  idx_l=idx[:b], idx_u=idx[b:])
     return batch, source
 
 

@@ -130,11 +130,21 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", choices=SELECTIONS, default="final",
                    help="model-selection rule: final epoch, or the best-validation epoch [final]")
     p.add_argument("--out", default=None, help="where to write results.md/.csv and figure3.png [SWEEP_DIR]")
+    p.add_argument("--name", default="results",
+                   help="file name of the tables: NAME.md, NAME.csv, NAME-runs.csv... [results]")
+    p.add_argument("--compare", action="append", default=None, metavar="SETTING:REFERENCE",
+                   help="paired differences SETTING − REFERENCE, e.g. cam_loss:supervised (repeatable; default in a "
+                        "sweep without Grad-CAM settings: every setting against the first baseline)")
+    p.add_argument("--epochs", default=None, metavar="E,E,...",
+                   help="also compare the validation accuracy after these epochs (convergence), e.g. 1,2,4")
+    p.add_argument("--curves", default=None, metavar="KEY,KEY,...",
+                   help="per-epoch curves of these logged metrics, e.g. imputed_acc,imputed_rows_pl_acc")
 
 
 def cmd_table(args: argparse.Namespace) -> int:
     """``camssl table``: write the tables and the figure of a sweep."""
-    paths = write_tables(args.sweep_dir, args.out, args.select)
+    paths = write_tables(args.sweep_dir, args.out, args.select, name=args.name, compare=args.compare,
+                         epochs=args.epochs, curve_keys=[k for k in (args.curves or "").split(",") if k])
     sr_note = SweepResults.load(args.sweep_dir)
     print(f"{len(sr_note.results)} of {len(sr_note.plan['runs'])} runs finished")
     for p in paths:

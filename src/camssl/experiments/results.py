@@ -51,6 +51,7 @@ class SweepResults:
     plan: dict[str, Any]
     results: dict[str, dict[str, Any]]  # run id -> result.json
     last_epoch: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> its last metrics.jsonl record
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # run id -> all its metrics.jsonl records
 
     @classmethod
     def load(cls, sweep_dir: str | Path) -> SweepResults:
@@ -64,7 +65,7 @@ class SweepResults:
             raise UserError(f"'{path}' is not valid JSON ({e}); run the sweep again to rewrite it") from None
         if not isinstance(plan, dict) or plan.get("format") != SWEEP_FORMAT:
             raise UserError(f"'{path}' is not a camssl sweep plan")
-        results, last_epoch = {}, {}
+        results, last_epoch, all_records = {}, {}, {}
         for r in plan["runs"]:
             res = read_result(d / r["id"])
             if res is not None:
@@ -72,7 +73,8 @@ class SweepResults:
                 records = io.read_jsonl(d / r["id"] / "metrics.jsonl")
                 if records:
                     last_epoch[r["id"]] = records[-1]
-        return cls(d, plan, results, last_epoch)
+                    all_records[r["id"]] = records
+        return cls(d, plan, results, last_epoch, all_records)
 
     def runs(self, **match: Any) -> list[dict[str, Any]]:
         return [r for r in self.plan["runs"] if all(r.get(k) == v for k, v in match.items())]
@@ -92,6 +94,15 @@ class SweepResults:
             v = _values(self.results[r["id"]], select)[metric]
             if v is not None:
                 out[int(r["seed"])] = v
+        return out
+
+    def per_seed_epoch(self, setting: str, ratio: float | None, key: str, epoch: int) -> dict[int, float]:
+        """seed -> the value of ``key`` in the metrics.jsonl record of ``epoch`` (finished runs only)."""
+        out = {}
+        for r in self.cell_runs(setting, ratio):
+            rec = next((x for x in self.records.get(r["id"], []) if x.get("epoch") == epoch), {})
+            if isinstance(rec.get(key), (int, float)):
+                out[int(r["seed"])] = float(rec[key])
         return out
 
     def diagnostic(self, setting: str, ratio: float | None, key: str) -> Stat | None:

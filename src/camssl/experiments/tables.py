@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io as _stdio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,17 @@ from camssl.experiments.results import (
     layer_of,
     role_of,
     settings_by_role,
+)
+from camssl.experiments.compare import (
+    Comparison,
+    curves_png,
+    default_comparisons,
+    diff_text,
+    md_comparisons,
+    md_curves,
+    md_diagnostics,
+    parse_comparisons,
+    parse_epochs,
 )
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff
 
@@ -66,22 +78,17 @@ def _paper_ms(cell: tuple[float, float] | None) -> str:
     return "" if cell is None else f" (paper† {cell[0]:.2f} ± {cell[1]:.2f})"
 
 
-def _diff_text(d: PairedDiff | None) -> str:
-    if d is None:
-        return "—"
-    if d.low is None:
-        return f"{d.mean:+.2f} (n=1, no CI)"
-    ci = f"[{d.low:+.2f}, {d.high:+.2f}]"
-    return f"{d.mean:+.2f} {'**' + ci + '**' if d.excludes_zero else ci} (n={d.n})"
-
-
 def build_tables(
-    sr: SweepResults, select: str = "final", reading: str | None = None
+    sr: SweepResults, select: str = "final", reading: str | None = None, compare: list[Comparison] | None = None,
+    epochs: list[int] = (), curve_keys: list[str] = (),
 ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """(results.md text, results.csv rows, runs.csv rows) of a sweep.
 
     ``reading``: hand-written text placed after the header between the READING markers
-    (:func:`write_tables` carries it over from the results.md it replaces).
+    (:func:`write_tables` carries it over from the results.md it replaces). ``compare``:
+    pairs of settings to compare (default :func:`compare.default_comparisons`); ``epochs``:
+    also compare the validation accuracy after these epochs; ``curve_keys``: per-epoch
+    curves of these logged metrics (:mod:`camssl.experiments.compare`).
     """
     if select not in SELECTIONS:
         raise UserError(f"--select {select} is invalid; choose one of: {', '.join(SELECTIONS)}")
@@ -106,7 +113,10 @@ def build_tables(
     for m in _METRICS:
         md += _md_diffs(sr, select, m, ratios, gradcams, ablation, baseline)
     md += _md_reading(sr, select, ratios, gradcams, ablation, baseline)
+    md += md_comparisons(sr, select, default_comparisons(sr) if compare is None else compare, list(epochs))
     md += _md_maps(sr, ratios, [*columns, *ablations[:1], *baselines[:1]])
+    md += md_diagnostics(sr)
+    md += md_curves(sr, curve_keys)
     md += _md_missing(sr)
     runs_rows = _runs_rows(sr)
     return "\n".join(md).rstrip() + "\n", csv_rows, runs_rows
@@ -313,7 +323,7 @@ def _md_table2(
             cells += [
                 _ms(Stat.of(list(a.values())), n),
                 _ms(Stat.of(list(ab.values())), n),
-                _diff_text(paired_diff(a, ab)),
+                diff_text(paired_diff(a, ab)),
             ]
         else:
             cells += ["—", _ms(Stat.of(list(ab.values())), n), "—"]
@@ -367,7 +377,7 @@ def _md_diffs(
                 if c == s:
                     cells += ["—", "—"] if m.key == "val" else ["—"]
                     continue
-                cells.append(_diff_text(paired_diff(a, sr.per_seed(c, ratio, m.key, select))))
+                cells.append(diff_text(paired_diff(a, sr.per_seed(c, ratio, m.key, select))))
                 if m.key == "val":
                     p = _paper_diff(sr, s, c, ratio)
                     cells.append("—" if p is None else f"{p[0]:+.2f}")
@@ -451,20 +461,34 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_tables(sweep_dir: str | Path, out: str | Path | None = None, select: str = "final") -> list[Path]:
-    """Write results.md, results.csv, runs.csv and figure3.png; returns their paths.
+def write_tables(
+    sweep_dir: str | Path, out: str | Path | None = None, select: str = "final", *, name: str = "results",
+    compare: Sequence[str] | None = None, epochs: str | None = None, curve_keys: Sequence[str] = (),
+) -> list[Path]:
+    """Write NAME.md, NAME.csv, the runs' CSV, Figure 3 (and the curves' figure); returns their paths.
 
-    A hand-written reading between the READING markers of an existing results.md in ``out``
-    is kept.
+    ``name`` "results" (default) gives results.md, results.csv, runs.csv, figure3.png; another
+    name X gives X.md, X.csv, X-runs.csv, X-figure3.png (several sweeps' tables in one
+    docs/ folder). ``compare`` ("A:B" texts), ``epochs`` ("1,2,4") and ``curve_keys``: see
+    :func:`build_tables`. A hand-written reading between the READING markers of an existing
+    NAME.md in ``out`` is kept.
     """
+    if not name or "/" in name or name.startswith("."):
+        raise UserError(f"--name {name!r} must be a plain file name without a suffix, e.g. --name results-camloss")
     sr = SweepResults.load(sweep_dir)
     out = Path(out) if out is not None else sr.dir
-    md, rows, runs = build_tables(sr, select, reading=io.kept_section(out / "results.md", READING_BEGIN, READING_END))
-    paths = [out / "results.md", out / "results.csv", out / "runs.csv", out / "figure3.png"]
+    pairs = None if not compare else parse_comparisons(sr, compare)
+    md_path = out / f"{name}.md"
+    md, rows, runs = build_tables(sr, select, reading=io.kept_section(md_path, READING_BEGIN, READING_END),
+                                  compare=pairs, epochs=parse_epochs(epochs), curve_keys=list(curve_keys))
+    stem = "" if name == "results" else f"{name}-"
+    paths = [md_path, out / f"{name}.csv", out / f"{stem}runs.csv", out / f"{stem}figure3.png"]
     io.write_text(paths[0], md)
     io.write_text(paths[1], _csv_text(rows))
     io.write_text(paths[2], _csv_text(runs))
     io.write_bytes(paths[3], figure3(sr, select))
+    png = curves_png(sr, curve_keys) if curve_keys else None
+    if png is not None:
+        paths.append(out / f"{stem}curves.png")
+        io.write_bytes(paths[-1], png)
     return paths
-
-
