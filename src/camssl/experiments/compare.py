@@ -20,14 +20,9 @@ import io as _stdio
 from collections.abc import Sequence
 
 from camssl.errors import UserError
-from camssl.experiments.results import _METRICS, SweepResults
+from camssl.experiments.results import _METRICS, DIAGNOSTIC_KEYS, SweepResults
 from camssl.experiments.spec import format_ratio
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff
-
-# final-epoch diagnostics shown when any run logged them (in this order)
-DIAGNOSTIC_KEYS = ("caam_cam_agreement", "caam_outside_share", "loss_cam", "teacher_acc", "map_agreement",
-                   "blank_maps", "mask_rate", "pl_acc", "imputed_acc", "imputed_rows_pl_acc", "d_before",
-                   "d_after", "seen_unlabeled", "loss_vat")
 
 Comparison = tuple[str, str]
 

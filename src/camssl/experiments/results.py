@@ -10,7 +10,7 @@ from typing import Any
 from camssl import io
 from camssl.errors import UserError
 from camssl.experiments.runner import read_result
-from camssl.experiments.spec import SWEEP_FORMAT
+from camssl.experiments.spec import SWEEP_FORMAT, format_ratio
 from camssl.experiments.stats import Stat
 
 
@@ -19,6 +19,11 @@ class _Metric:
     key: str  # "val" | "test"
     title: str
 
+
+# final-epoch training diagnostics: runs.csv columns, and the table of those any run logged (in this order)
+DIAGNOSTIC_KEYS = ("caam_cam_agreement", "caam_outside_share", "loss_cam", "teacher_acc", "loss_g", "map_agreement",
+                   "blank_maps", "mask_rate", "pl_acc", "imputed_acc", "imputed_rows_pl_acc", "d_before",
+                   "d_after", "seen_unlabeled", "loss_vat")
 
 _METRICS = (_Metric("val", "validation accuracy (the paper's metric)"), _Metric("test", "test accuracy"))
 _RULES = {
@@ -148,3 +153,35 @@ def header_label(sr: SweepResults, setting: str) -> str:
 
 def role_of(sr: SweepResults, setting: str) -> str:
     return next((r["role"] for r in sr.plan["runs"] if r["setting"] == setting), "other")
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def run_rows(sr: SweepResults) -> list[dict[str, Any]]:
+    """One runs.csv row per planned run: its cell, accuracies, time and final-epoch diagnostics."""
+    rows = []
+    for r in sr.plan["runs"]:
+        res = sr.results.get(r["id"], {})
+        rows.append(
+            {
+                "id": r["id"],
+                "setting": r["setting"],
+                "role": r["role"],
+                "layer": r["layer"] or "",
+                "ratio": "" if r["ratio"] is None else format_ratio(r["ratio"]),
+                "seed": r["seed"],
+                "finished": bool(res),
+                "val_final_pct": _num(_values(res, "final")["val"]) if res else "",
+                "test_final_pct": _num(_values(res, "final")["test"]) if res else "",
+                "val_best_pct": _num(_values(res, "best-val")["val"]) if res else "",
+                "test_at_best_val_pct": _num(_values(res, "best-val")["test"]) if res else "",
+                "best_val_epoch": res.get("best_val_epoch", ""),
+                "epochs": res.get("epochs", ""),
+                "wall_time_s": _num(res.get("wall_time_s")) if res else "",
+                "images_per_s": _num(res.get("images_per_s")) if res else "",
+                **{f"final_{k}": _num(sr.last_epoch.get(r["id"], {}).get(k)) for k in DIAGNOSTIC_KEYS},
+            }
+        )
+    return rows

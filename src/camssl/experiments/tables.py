@@ -24,7 +24,9 @@ from camssl.experiments.results import (
     _RULES,
     SweepResults,
     _Metric,
+    _num,
     _values,
+    run_rows,
     header_label,
     layer_of,
     role_of,
@@ -44,8 +46,6 @@ from camssl.experiments.compare import (
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff
 
 SELECTIONS = ("final", "best-val")
-_DIAGNOSTICS = ("loss_g", "map_agreement", "blank_maps", "pl_acc", "loss_cam", "caam_cam_agreement",
-                "caam_outside_share")  # last-epoch training diagnostics in runs.csv
 # a hand-written reading of the results goes between these markers; `camssl table` keeps it
 READING_BEGIN = "<!-- reading:begin (hand-written; kept when camssl table rewrites this file) -->"
 READING_END = "<!-- reading:end -->"
@@ -72,6 +72,11 @@ def _ms(st: Stat | None, expected_n: int = 0, digits: int = 2) -> str:
         return f"{st.mean:.{digits}f} (n=1)"
     short = f" (n={st.n})" if st.n < expected_n else ""
     return f"{st.mean:.{digits}f} ± {st.std:.{digits}f}{short}"
+
+
+def paper_grid(sr: SweepResults) -> bool:
+    """Whether the sweep is a Grad-CAM grid, whose cells have the Grad-CAM paper's numbers beside them."""
+    return any(r["role"] == "gradcam" for r in sr.plan["runs"])
 
 
 def _paper_ms(cell: tuple[float, float] | None) -> str:
@@ -118,7 +123,7 @@ def build_tables(
     md += md_diagnostics(sr)
     md += md_curves(sr, curve_keys)
     md += _md_missing(sr)
-    runs_rows = _runs_rows(sr)
+    runs_rows = run_rows(sr)
     return "\n".join(md).rstrip() + "\n", csv_rows, runs_rows
 
 
@@ -142,12 +147,13 @@ def _csv_rows(
     baseline: str | None,
 ) -> list[dict[str, Any]]:
     rows = []
+    grid = paper_grid(sr)
 
     def row(
         section: str, metric: str, ratio: float | None, setting: str, st: Stat | PairedDiff | None, **kw: Any
     ) -> None:
         role = role_of(sr, setting)
-        paper = kw.pop("paper", _paper_cell(role, layer_of(sr, setting), ratio) if metric == "val" else None)
+        paper = kw.pop("paper", _paper_cell(role, layer_of(sr, setting), ratio) if metric == "val" and grid else None)
         rec = {
             "section": section,
             "metric": metric,
@@ -191,37 +197,6 @@ def _paper_diff(sr: SweepResults, setting: str, comparator: str, ratio: float) -
     if a is None or b is None:
         return None
     return (round(a[0] - b[0], 2), None)
-
-
-def _num(x: float | None) -> str:
-    return "" if x is None else f"{x:.4f}"
-
-
-def _runs_rows(sr: SweepResults) -> list[dict[str, Any]]:
-    rows = []
-    for r in sr.plan["runs"]:
-        res = sr.results.get(r["id"], {})
-        rows.append(
-            {
-                "id": r["id"],
-                "setting": r["setting"],
-                "role": r["role"],
-                "layer": r["layer"] or "",
-                "ratio": "" if r["ratio"] is None else format_ratio(r["ratio"]),
-                "seed": r["seed"],
-                "finished": bool(res),
-                "val_final_pct": _num(_values(res, "final")["val"]) if res else "",
-                "test_final_pct": _num(_values(res, "final")["test"]) if res else "",
-                "val_best_pct": _num(_values(res, "best-val")["val"]) if res else "",
-                "test_at_best_val_pct": _num(_values(res, "best-val")["test"]) if res else "",
-                "best_val_epoch": res.get("best_val_epoch", ""),
-                "epochs": res.get("epochs", ""),
-                "wall_time_s": _num(res.get("wall_time_s")) if res else "",
-                "images_per_s": _num(res.get("images_per_s")) if res else "",
-                **{f"final_{k}": _num(sr.last_epoch.get(r["id"], {}).get(k)) for k in _DIAGNOSTICS},
-            }
-        )
-    return rows
 
 
 def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: str | None) -> list[str]:
@@ -268,21 +243,30 @@ def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: st
         "Cells are mean ± sample standard deviation (ddof = 1) over seeds, in %. Runs that share a seed share "
         "the split (same labeled and validation images), so differences are paired by seed.",
         "",
-        f"**paper†** marks the paper's own number for the same cell ({PAPER}, Tables I and II: validation "
-        f"accuracy). Its protocol is different: {PAPER_PROTOCOL}. It is shown for orientation, not as a like-for-like "
-        "comparison.",
-        "",
     ]
+    if paper_grid(sr):
+        lines += [
+            f"**paper†** marks the paper's own number for the same cell ({PAPER}, Tables I and II: validation "
+            f"accuracy). Its protocol is different: {PAPER_PROTOCOL}. It is shown for orientation, not as a "
+            "like-for-like comparison.",
+            "",
+        ]
     return lines
 
 
 def _md_table1(
     sr: SweepResults, select: str, m: _Metric, ratios: list[float], columns: list[str], baseline: str | None
 ) -> list[str]:
-    cols = [*columns, *([baseline] if baseline else [])]
-    heads = [header_label(sr, s) if s != baseline else f"baseline ({s})" for s in cols]
-    lines = [f"## Table I — {m.title}, %", ""]
-    if m.key == "test":
+    grid = paper_grid(sr)
+    if not grid:  # a sweep of other methods: every setting, then every baseline
+        columns, baseline = list(sr.plan["settings"]), None
+        cols = [*columns, *sr.plan["baselines"]]
+        heads = [s if s in columns else f"baseline ({s})" for s in cols]
+    else:
+        cols = [*columns, *([baseline] if baseline else [])]
+        heads = [header_label(sr, s) if s != baseline else f"baseline ({s})" for s in cols]
+    lines = [f"## {'Table I' if grid else 'Accuracy'} — {m.title}, %", ""]
+    if m.key == "test" and grid:
         lines += ["The paper reports no test accuracy (its official test set was never used); its validation "
                   "numbers are in the table above.", ""]
     lines += ["| ratio | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cols)]
@@ -290,7 +274,7 @@ def _md_table1(
         cells = []
         for s in cols:
             st = Stat.of(list(sr.per_seed(s, ratio, m.key, select).values()))
-            paper = _paper_cell(role_of(sr, s), layer_of(sr, s), ratio) if m.key == "val" else None
+            paper = _paper_cell(role_of(sr, s), layer_of(sr, s), ratio) if m.key == "val" and grid else None
             cells.append(_ms(st, len(sr.plan["seeds"])) + _paper_ms(paper))
         lines.append(f"| {format_ratio(ratio)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
