@@ -334,7 +334,7 @@ def test_cam_loss_from_the_command_line_and_its_caam_grid(tmp_path):
     assert main(["train", "--method", "cam_loss", "--out", str(run), *TINY, "method.cam_warmup_epochs=0"]) == 0
     rec = records(run)[0]
     assert {"loss_s", "loss_cam", "cam_weight", "caam_cam_agreement", "caam_outside_share"} <= set(rec)
-    assert rec["cam_weight"] == 3.0 and rec["loss_cam"] > 0
+    assert rec["cam_weight"] == 1.0 and rec["loss_cam"] > 0  # the default λ
     assert json.loads((run / "result.json").read_text())["method"] == "cam_loss"
     out = tmp_path / "caam.png"
     assert main(["cam", str(run), "--maps", "caam", "--n", "3", "--out", str(out)]) == 0
