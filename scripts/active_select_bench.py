@@ -2,6 +2,7 @@
 
     python scripts/active_select_bench.py [--nodes 40000] [--labeled 4000] [--budget 2000] [--width 0.25]
                                           [--feature-dim D] [--vat-images N] [--threads T] [--device cpu|cuda] [--faiss]
+                                          [--subset N] [--max-scored N]
 
 A synthetic pool: ``--nodes`` images (labeled + pool; 40,000 = CIFAR-10's training set
 without a 10,000-image validation set) of random 32x32 pixels, of which ``--labeled`` are
@@ -16,7 +17,10 @@ The comparison: a cycle's training time is in each cycle's ``time.train_s`` of
 ``active.json`` (or estimate it as steps × the "machine:" line's plain-step time × the
 method's step cost); the script prints the plain-step time of the same model for that.
 ``--faiss`` also times faiss's exact inner-product search (faiss-cpu, if importable)
-against camssl's chunked torch matrix product for the kNN search.
+against camssl's chunked torch matrix product for the kNN search. ``--subset N`` times what
+``active.subset=N`` does: every cycle scores the labeled set and N random pool images, not the
+whole pool; ``--max-scored N`` times ``active.revival.max_scored=N`` (REVIVAL perturbs only the
+N least confident virtual labels).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--faiss", action="store_true", help="also time faiss-cpu's exact kNN search")
+    p.add_argument("--subset", type=int, default=0, help="score the labeled set + this many pool images [0: all]")
+    p.add_argument("--max-scored", type=int, default=0, help="REVIVAL perturbs at most this many images [0: all]")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,10 +61,17 @@ def main() -> None:
     images = torch.randint(0, 256, (args.nodes, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
     labeled = torch.randperm(args.nodes, generator=g)[: args.labeled].sort().values
     labels = torch.randint(0, args.classes, (args.labeled,), generator=g)
+    if args.subset:  # as active.subset: the labeled nodes + a random part of the pool
+        is_pool = torch.ones(args.nodes, dtype=torch.bool)
+        is_pool[labeled] = False
+        pool_all = torch.nonzero(is_pool).flatten()
+        nodes = torch.cat([labeled, pool_all[torch.randperm(len(pool_all), generator=g)[: args.subset]]]).sort().values
+        images, labeled = images[nodes.to(device)], torch.searchsorted(nodes, labeled)
     torch.manual_seed(0)
     model = build_model("resnet18", args.classes, width=args.width).to(device).eval()
     augmenter = Augmenter(AugmentConfig(), device)
-    cfg = ActiveConfig(strategy="revival", budget=args.budget)
+    cfg = ActiveConfig(strategy="revival", budget=args.budget, subset=args.subset)
+    cfg.revival.max_scored = args.max_scored
     times: dict[str, float] = {}
 
     def timed(name, fn):
@@ -79,13 +92,14 @@ def main() -> None:
     for name in ("random", "entropy", "coreset"):
         timed(f"strategy {name}", lambda name=name: select(name, ctx, args.budget))
     pool = ctx.pool()
-    n_vat = min(args.vat_images, len(pool))
+    n_scored = min(args.max_scored, len(pool)) if args.max_scored else len(pool)
+    n_vat = min(args.vat_images, n_scored)
     sub = pool_context(model, images[pool[:n_vat]], torch.tensor([], dtype=torch.long),
                        torch.tensor([], dtype=torch.long), args.classes, augmenter, cfg, torch.Generator().manual_seed(2),
                        features=ctx.features[pool[:n_vat]], logits=ctx.logits[pool[:n_vat]])
     timed("_vat", lambda: revival_scores(sub, prop.probs[pool[:n_vat]]))
-    vat = times.pop("_vat") * len(pool) / n_vat
-    times[f"REVIVAL scoring (VAT) of {len(pool)} pool images" + (f" (timed on {n_vat}, scaled)" if n_vat < len(pool) else "")] = vat
+    vat = times.pop("_vat") * n_scored / n_vat
+    times[f"REVIVAL scoring (VAT) of {n_scored} pool images" + (f" (timed on {n_vat}, scaled)" if n_vat < n_scored else "")] = vat
     if args.faiss:
         try:
             import faiss  # type: ignore[import-not-found]
@@ -104,8 +118,9 @@ def main() -> None:
     step = plain_step_seconds(build_model("resnet18", args.classes, width=args.width).to(device), 64, (32, 32), device)
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"pool: {args.nodes} nodes ({args.labeled} labeled, {len(pool)} pool), {d} features, ResNet-18 width "
-          f"{args.width:g}, {where}")
+    scored = f"; scored: the labeled nodes + {len(pool)} random pool images (--subset)" if args.subset else ""
+    print(f"pool: {args.nodes} nodes ({args.labeled} labeled, {args.nodes - args.labeled} pool{scored}), {d} features, "
+          f"ResNet-18 width {args.width:g}, {where}")
     for name, t in times.items():
         print(f"  {name:<62} {t:8.2f} s")
     common = times["features + logits (every strategy)"]

@@ -222,3 +222,25 @@ def test_warm_start_starts_each_cycle_from_the_previous_final_weights(tmp_path, 
     assert main(["active", "--out", str(out), *args]) == 0
     assert inits == [None, out / "cycle_0" / "last.pt"] and state(out)["active"]["warm_start"] is True
     assert "(warm start)" in capsys.readouterr().out
+
+
+def test_subset_scores_the_labeled_set_and_a_fresh_random_part_of_the_pool(tmp_path, monkeypatch, capsys):
+    import camssl.active.loop as loop
+
+    seen, original = [], loop.select
+
+    def recording(name, ctx, budget):
+        seen.append((len(ctx.features), len(ctx.labeled)))
+        return original(name, ctx, budget)
+
+    monkeypatch.setattr(loop, "select", recording)
+    out = tmp_path / "subset"
+    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "2", "active.subset=60", *TINY]
+    assert main(["active", "--out", str(out), *args]) == 0
+    assert seen == [(160, 100), (180, 120)]  # the labeled set so far + 60 pool images
+    s = state(out)
+    assert [c["query"]["scored_pool"] for c in s["cycles"][:2]] == [60, 60]
+    queried = s["cycles"][0]["query"]["index"] + s["cycles"][1]["query"]["index"]
+    assert len(set(queried)) == 40 and not set(queried) & (set(s["val"]) | set(s["labeled"]["index"][:100]))
+    assert fails(["active", "--out", str(tmp_path / "bad"), *args[:6], "active.subset=10", *TINY], capsys,
+                 "active.subset=10 is smaller than --budget 20")

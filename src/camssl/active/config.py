@@ -74,6 +74,7 @@ class ActiveConfig:
     oracle: Oracle = "simulated"  # simulated: the data's labels; files: a person fills in a CSV
     warm_start: bool = False  # start each cycle from the previous cycle's final weights (default: re-initialise)
     score_batch_size: int = 256  # images per forward when scoring the pool
+    subset: int = 0  # > 0: each cycle scores a fresh random subset of this many pool images (+ the labeled set)
     revival: RevivalConfig = field(default_factory=RevivalConfig)
 
     def validate(self) -> None:
@@ -87,6 +88,10 @@ class ActiveConfig:
             raise ConfigError(f"--budget {self.budget} is invalid: give the number of images to query per cycle (>= 1)")
         _int_at_least("--cycles", self.cycles, 0)
         _int_at_least("active.score_batch_size", self.score_batch_size, 1)
+        _int_at_least("active.subset", self.subset, 0)
+        if 0 < self.subset < self.budget:
+            raise ConfigError(f"active.subset={self.subset} is smaller than --budget {self.budget}: score at least "
+                              "as many pool images as are queried (or active.subset=0 for the whole pool)")
         self.revival.validate()
 
     def to_dict(self) -> dict[str, Any]:

@@ -217,19 +217,20 @@ class _Loop:
         t0 = time.perf_counter()
         model = load_run_model(self.out / f"cycle_{c}", "last")[0].to(self.device)
         labeled, labels = self.state.labeled_until(c)
-        pos = torch.searchsorted(self.nodes, labeled)
-        images = self.data.train.images[self.nodes].to(self.device)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + c)
+        nodes = self._scored_nodes(labeled, gen)
+        pos = torch.searchsorted(nodes, labeled)
+        images = self.data.train.images[nodes].to(self.device)
         ctx = pool_context(model, images, pos, labels, len(self.state.classes), Augmenter(self.cfg.augment, self.device),
                            self.acfg, gen)
         t1 = time.perf_counter()
         sel = select(self.acfg.strategy, ctx, self.acfg.budget)
         t2 = time.perf_counter()
-        diag = virtual_label_accuracy(ctx, sel.positions, self.data.train.labels[self.nodes])
+        diag = virtual_label_accuracy(ctx, sel.positions, self.data.train.labels[nodes])
         t3 = time.perf_counter()
-        chosen = self.nodes[sel.positions].tolist()
+        chosen = nodes[sel.positions].tolist()
         record = self.state.cycles[c]
-        record["query"] = {"index": chosen, **diag, "info": sel.info}
+        record["query"] = {"index": chosen, **diag, "scored_pool": len(nodes) - len(labeled), "info": sel.info}
         record["time"].update(features_s=t1 - t0, select_s=t2 - t1, diagnostics_s=t3 - t2)
         self.state.pending = {"cycle": c + 1, "index": chosen, "csv": None}
         self.state.save(self.out)
@@ -238,6 +239,17 @@ class _Loop:
                  f"({100 * share:.0f}% of the cycle's training time); virtual labels "
                  f"{fmt_pct(diag['virtual_acc_before'])} right on the pool before, {fmt_pct(diag['virtual_acc_after'])} "
                  "after the query")
+
+    def _scored_nodes(self, labeled: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The nodes a selection sees: every node, or the labeled ones + ``active.subset`` random pool images."""
+        n = self.acfg.subset
+        is_pool = torch.ones(len(self.nodes), dtype=torch.bool)
+        is_pool[torch.searchsorted(self.nodes, labeled)] = False
+        if n == 0 or n >= int(is_pool.sum()):
+            return self.nodes
+        pool = self.nodes[is_pool]
+        pick = pool[torch.randperm(len(pool), generator=gen)[:n]]
+        return torch.cat([labeled, pick]).sort().values
 
     def _label(self, cycle: int) -> bool:
         """Reveal the pending query's labels; False when the files oracle waits for a person."""
