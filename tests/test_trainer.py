@@ -157,3 +157,13 @@ def test_weight_decay_can_spare_batchnorm_and_biases(tmp_path):
     bn = {id(p) for m in spared.net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
     assert bn and bn <= {id(p) for p in plain_group["params"]}
     assert len(decay["params"]) + len(plain_group["params"]) == len(list(spared.net.parameters()))
+
+
+def test_eval_every_validates_only_every_nth_epoch_and_after_the_last(tmp_path):
+    lines: list[str] = []
+    result = train(tiny("supervised", "optim.steps_per_epoch=2", "eval_every=2"), tmp_path / "run", log=lines.append)
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert ["val_acc" in r for r in records] == [False, True, True]  # epoch 2, and epoch 3 as the last
+    epochs = [l for l in lines if l.startswith("epoch ")]
+    assert "val — (not validated yet: eval_every)" in epochs[0] and "best" not in epochs[0]
+    assert "(best " in epochs[1] and result["best_val_epoch"] in (2, 3)

@@ -42,7 +42,10 @@ def epoch_line(t: Trainer, r: dict[str, Any]) -> str:
     """One line per epoch: losses and diagnostics the method declares, validation, time."""
     shown = (*t.method.log_metrics, *ALWAYS_SHOWN)
     terms = "  ".join(f"{k} {r[k]:.3f}" for k in shown if k in r)
-    val = f"val {fmt_pct(r.get('val_acc'))} (best {fmt_pct(t.best['val_acc'])} @{t.best['epoch']})"
+    if t.best["epoch"] > 0:  # at least one validation so far (eval_every > 1 skips some epochs)
+        val = f"val {fmt_pct(r.get('val_acc'))} (best {fmt_pct(t.best['val_acc'])} @{t.best['epoch']})"
+    else:
+        val = "val — (not validated yet: eval_every)"
     left = t.cfg.optim.epochs - r["epoch"]
     eta = f", ~{fmt_duration(left * t.seconds_per_epoch())} left" if left > 0 else ""
     return (
