@@ -183,6 +183,15 @@ def test_active_table_pairs_strategies_by_seed(revival_run, tmp_path, capsys):
     diff2 = 100 * (acc["revival", 2] - acc["random", 2])
     assert f"| 2 | 200 | {diff2:+.2f} (1) |" in md
     assert (table / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    diag = list(csv.DictReader((table / "diagnostics.csv").open()))  # one row per query: 2 runs x 2 queries
+    assert sorted((d["strategy"], int(d["cycle"])) for d in diag) == [("random", 0), ("random", 1),
+                                                                       ("revival", 0), ("revival", 1)]
+    saved = state(out)["cycles"][1]
+    row = next(d for d in diag if d["strategy"] == "revival" and d["cycle"] == "1")
+    assert float(row["selection_s"]) == pytest.approx(saved["time"]["features_s"] + saved["time"]["select_s"])
+    assert [int(x) for x in row["class_histogram"].split()] == saved["query"]["class_histogram"]
+    dmd = (table / "diagnostics.md").read_text()
+    assert "| revival | 1 | 150 | " in dmd and "| random | 0 | 100 | " in dmd
     (tmp_path / "copy").mkdir()
     (tmp_path / "copy" / "active.json").write_bytes((out / "active.json").read_bytes())
     fails(["active-table", str(out), str(tmp_path / "copy")], capsys, "two runs of strategy revival with seed 0")

@@ -77,7 +77,7 @@ def cmd_active(args: argparse.Namespace) -> int:
 
 def add_active_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dirs", nargs="+", help="camssl active --out folders, or folders holding several")
-    p.add_argument("--out", default=None, help="where to write curves.md/.csv/.png [the first folder]")
+    p.add_argument("--out", default=None, help="where to write curves.md/.csv/.png and diagnostics.md/.csv [the first folder]")
     p.add_argument("--metric", choices=["test_acc", "test_acc_at_best_val"], default="test_acc",
                    help="test accuracy of each cycle's final model, or at its best validation epoch [test_acc]")
     p.add_argument("--baseline", default="random", help="strategy the paired differences are taken against [random]")
@@ -85,12 +85,14 @@ def add_active_table_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_active_table(args: argparse.Namespace) -> int:
-    from camssl.active.curves import points_from_runs, write_curves
+    from camssl.active.curves import diagnostics_from_runs, points_from_runs, write_curves, write_diagnostics
 
     points = points_from_runs(args.dirs, args.metric)
     out = Path(args.out or args.dirs[0])
     metric = "test accuracy" + (" at the best validation epoch" if args.metric == "test_acc_at_best_val" else "")
     for path in write_curves(points, out, args.title, args.baseline, metric):
+        print(f"wrote {path}")
+    for path in write_diagnostics(diagnostics_from_runs(args.dirs), out, args.title, args.baseline):
         print(f"wrote {path}")
     print((out / "curves.md").read_text(), end="")
     return 0

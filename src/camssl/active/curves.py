@@ -10,6 +10,12 @@ folders; ``scripts/active_features.py`` hands its own points in. Both write:
   interval that excludes 0);
 - ``curves.png``: accuracy against the number of labels (±1 std bars) and the paired
   differences (95% interval bars).
+
+``camssl active-table`` also writes each run's per-cycle diagnostics from active.json
+(:func:`diagnostics_from_runs`): ``diagnostics.csv`` (one row per strategy, seed and
+query) and ``diagnostics.md`` (means over seeds per strategy and cycle: virtual-label
+accuracy on the pool before and after the query, the queried images' class histogram,
+selection time beside training time).
 """
 
 from __future__ import annotations
@@ -190,4 +196,82 @@ def write_curves(points: Sequence[Point], out: str | Path, title: str, baseline:
     io.write_text(paths[0], curves_csv(points))
     io.write_text(paths[1], curves_markdown(points, title, baseline, metric))
     io.write_bytes(paths[2], curves_figure(points, title, baseline, metric))
+    return paths
+
+
+DIAGNOSTIC_FIELDS = ("strategy", "seed", "cycle", "n_labeled", "test_acc", "virtual_acc_before", "virtual_acc_after",
+                     "scored_pool", "train_s", "selection_s", "selection_share", "class_histogram")
+
+
+def diagnostics_from_runs(dirs: Sequence[str | Path]) -> list[dict[str, object]]:
+    """One row per query of every active-learning run in or below ``dirs`` (see DIAGNOSTIC_FIELDS).
+
+    ``selection_s`` = the feature pass + the strategy (``time.features_s + time.select_s``), as the
+    loop's log line reports it; ``selection_share`` = selection_s / the same cycle's ``time.train_s``.
+    """
+    from camssl.active.state import STATE_FILE, ActiveState
+
+    rows = []
+    for d in map(Path, dirs):
+        for run in sorted(p.parent for p in d.rglob(STATE_FILE)):
+            state = ActiveState.load(run)
+            for c in state.cycles:
+                q, t = c.get("query"), c.get("time", {})
+                if q is None or "select_s" not in t:
+                    continue
+                sel = t["features_s"] + t["select_s"]
+                rows.append({"strategy": state.active["strategy"], "seed": int(state.train_config["seed"]),
+                             "cycle": int(c["cycle"]), "n_labeled": int(c["n_labeled"]), "test_acc": c["test_acc"],
+                             "virtual_acc_before": q.get("virtual_acc_before"),
+                             "virtual_acc_after": q.get("virtual_acc_after"), "scored_pool": q.get("scored_pool"),
+                             "train_s": t["train_s"], "selection_s": sel, "selection_share": sel / max(t["train_s"], 1e-9),
+                             "class_histogram": q.get("class_histogram")})
+    return rows
+
+
+def _mean(values: Iterable[object]) -> float | None:
+    xs = [float(v) for v in values if v is not None]  # type: ignore[arg-type]
+    return sum(xs) / len(xs) if xs else None
+
+
+def diagnostics_markdown(rows: Sequence[dict[str, object]], title: str, baseline: str = "random") -> str:
+    """Means over seeds per strategy and query: virtual labels, class balance of the query, time."""
+    lines = [f"# {title}: per-cycle diagnostics", "",
+             "Means over seeds (number of seeds). Virtual labels: label propagation's accuracy on the (scored) pool "
+             "before the query and on the rest of it after the query's labels join the graph. Classes: the fewest "
+             "and most queried images of one class (true labels), summed over seeds. Selection: the feature pass "
+             "and the strategy, seconds and share of the same cycle's training time.", "",
+             "| strategy | cycle | labels | virtual labels before → after | classes min–max | train s | selection s "
+             "| selection / train |", "|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, int], list[dict[str, object]]] = {}
+    for r in rows:
+        groups.setdefault((str(r["strategy"]), int(r["cycle"])), []).append(r)  # type: ignore[call-overload]
+    for strategy in _order({s for s, _ in groups}, baseline):
+        for cycle in sorted(c for s, c in groups if s == strategy):
+            g = groups[strategy, cycle]
+            hist = [sum(h) for h in zip(*(r["class_histogram"] for r in g if r["class_histogram"]))]  # type: ignore[arg-type]
+            share = _mean(r["selection_share"] for r in g)
+            lines.append(
+                f"| {strategy} | {cycle} | {g[0]['n_labeled']} | {_pct(_mean(r['virtual_acc_before'] for r in g))} → "
+                f"{_pct(_mean(r['virtual_acc_after'] for r in g))} | "
+                f"{f'{min(hist)}–{max(hist)}' if hist else '—'} | {_mean(r['train_s'] for r in g):.0f} | "
+                f"{_mean(r['selection_s'] for r in g):.1f} | {100 * share:.0f}% ({len(g)}) |")  # type: ignore[operator]
+    return "\n".join(lines) + "\n"
+
+
+def write_diagnostics(rows: Sequence[dict[str, object]], out: str | Path, title: str,
+                      baseline: str = "random") -> list[Path]:
+    """Write diagnostics.csv and diagnostics.md into ``out`` (nothing when there are no queries yet)."""
+    if not rows:
+        return []
+    out = Path(out)
+    buf = _stdio.StringIO()
+    w = csv.DictWriter(buf, fieldnames=DIAGNOSTIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        hist = r["class_histogram"]
+        w.writerow({**r, "class_histogram": " ".join(map(str, hist)) if hist else ""})  # type: ignore[call-overload]
+    paths = [out / "diagnostics.csv", out / "diagnostics.md"]
+    io.write_text(paths[0], buf.getvalue())
+    io.write_text(paths[1], diagnostics_markdown(rows, title, baseline))
     return paths
