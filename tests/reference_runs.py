@@ -3,6 +3,13 @@
 The same four short runs (demo preset, 2 epochs, deterministic, one thread) as recorded
 by ``python tests/reference_runs.py --write`` from the code before the method-boundary
 refactor (commit 89ce3fc); ``tests/test_reference.py`` reruns them and compares.
+
+Float results depend on the processor's kernels, so there is one reference per processor
+model (``data/reference_metrics*.json``, each naming its CPU and torch build). To add one
+for a new processor, run this script with the pre-refactor code::
+
+    git worktree add /tmp/ref 89ce3fc
+    PYTHONPATH=/tmp/ref/src python tests/reference_runs.py --write tests/data/reference_metrics-NAME.json
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-REFERENCE = HERE / "data" / "reference_metrics.json"
+REFERENCES = sorted((HERE / "data").glob("reference_metrics*.json"))
 
 COMMON = ["optim.epochs=2", "deterministic=true", "threads=1", "cam_grid=false", "device=cpu"]
 RUNS = {
@@ -57,7 +64,7 @@ def run(name: str, out: Path, extra: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     import tempfile
 
-    assert sys.argv[1:] == ["--write"], "usage: python tests/reference_runs.py --write"
+    assert len(sys.argv) == 3 and sys.argv[1] == "--write", "usage: python tests/reference_runs.py --write FILE.json"
     import torch
 
     ref = {"cpu": cpu_name(), "torch": torch.__version__, "runs": {}}
@@ -65,4 +72,4 @@ if __name__ == "__main__":
         for name in RUNS:
             ref["runs"][name] = run(name, Path(tmp) / name)
             print(name, ref["runs"][name]["result"]["test_acc"], flush=True)
-    REFERENCE.write_text(json.dumps(ref, indent=1) + "\n")
+    Path(sys.argv[2]).write_text(json.dumps(ref, indent=1) + "\n")
