@@ -27,13 +27,13 @@ COMMON = ["optim.epochs=2", "deterministic=true", "threads=1", "cam_grid=false",
 RUNS = {
     "supervised": ["--method", "supervised"],
     "pseudo_label": ["--method", "pseudo_label"],
-    "gradcam_full": ["--method", "gradcam", "method.grad_mode=full"],
-    "gradcam_detach": ["--method", "gradcam", "method.grad_mode=detach-weights"],
+    "gradcam_full": ["--method", "gradcam", "method.gradcam.grad_mode=full"],
+    "gradcam_detach": ["--method", "gradcam", "method.gradcam.grad_mode=detach-weights"],
 }
 # options added after the reference was recorded, set so that the runs compute what they did then
 SINCE = {
-    "gradcam_full": ["method.skip_blank_targets=false", "method.distance=mse"],
-    "gradcam_detach": ["method.skip_blank_targets=false", "method.distance=mse"],
+    "gradcam_full": ["method.gradcam.skip_blank_targets=false", "method.gradcam.distance=mse"],
+    "gradcam_detach": ["method.gradcam.skip_blank_targets=false", "method.gradcam.distance=mse"],
 }
 # per-epoch timing is not a result
 VOLATILE = {"epoch_time_s", "images_per_s"}

@@ -61,7 +61,7 @@ def configs_from_args(args: argparse.Namespace):  # -> tuple[TrainConfig, Active
 
 def cmd_active(args: argparse.Namespace) -> int:
     from camssl.active.loop import run_active, summary
-    from camssl.train.report import fmt_pct
+    from camssl.text import fmt_pct
 
     cfg, acfg = configs_from_args(args) if (not args.resume or _given(args)) else (None, None)
     state = run_active(cfg, acfg, args.out, resume=args.resume)

@@ -21,10 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 from camssl.config import TrainConfig, config_from_tree, from_dict, load_yaml_tree, parse_override, to_dict
+from camssl.checks import in_range, integer_at_least
 from camssl.errors import ConfigError
+
+# the query strategies by name (filled by camssl.active.strategies.register; kept here so that
+# checking a config's strategy needs no import of the strategies)
+STRATEGIES: dict[str, Callable[..., Any]] = {}
 
 Guard = Literal["cap", "kcenter", "none"]
 Target = Literal["soft", "hard"]
@@ -50,17 +56,17 @@ class RevivalConfig:
     max_scored: int = 0  # > 0: perturb and score only this many pool images (the least confident virtual labels)
 
     def validate(self) -> None:
-        _int_at_least("active.revival.k", self.k, 1)
-        _number("active.revival.gamma", self.gamma, 0, math.inf, low_open=True)
-        _number("active.revival.alpha", self.alpha, 0, 1, low_open=True, high_open=True)
-        _number("active.revival.cg_tol", self.cg_tol, 0, 1, low_open=True)
-        _int_at_least("active.revival.cg_maxiter", self.cg_maxiter, 1)
-        _number("active.revival.xi", self.xi, 0, math.inf, low_open=True)
-        _number("active.revival.eps", self.eps, 0, math.inf)
-        _int_at_least("active.revival.power_iters", self.power_iters, 0)
-        _number("active.revival.cap", self.cap, 1, math.inf)
-        _number("active.revival.candidates", self.candidates, 1, math.inf)
-        _int_at_least("active.revival.max_scored", self.max_scored, 0)
+        integer_at_least("active.revival.k", self.k, 1)
+        in_range("active.revival.gamma", self.gamma, 0, math.inf, low_open=True)
+        in_range("active.revival.alpha", self.alpha, 0, 1, low_open=True, high_open=True)
+        in_range("active.revival.cg_tol", self.cg_tol, 0, 1, low_open=True)
+        integer_at_least("active.revival.cg_maxiter", self.cg_maxiter, 1)
+        in_range("active.revival.xi", self.xi, 0, math.inf, low_open=True)
+        in_range("active.revival.eps", self.eps, 0, math.inf)
+        integer_at_least("active.revival.power_iters", self.power_iters, 0)
+        in_range("active.revival.cap", self.cap, 1, math.inf)
+        in_range("active.revival.candidates", self.candidates, 1, math.inf)
+        integer_at_least("active.revival.max_scored", self.max_scored, 0)
 
 
 @dataclass
@@ -78,17 +84,15 @@ class ActiveConfig:
     revival: RevivalConfig = field(default_factory=RevivalConfig)
 
     def validate(self) -> None:
-        from camssl.active.strategies import STRATEGIES
-
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
         if isinstance(self.initial, bool) or not isinstance(self.initial, int) or self.initial < 1:
             raise ConfigError(f"--initial {self.initial} is invalid: give the size of the initial labeled set (>= 1)")
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
             raise ConfigError(f"--budget {self.budget} is invalid: give the number of images to query per cycle (>= 1)")
-        _int_at_least("--cycles", self.cycles, 0)
-        _int_at_least("active.score_batch_size", self.score_batch_size, 1)
-        _int_at_least("active.subset", self.subset, 0)
+        integer_at_least("--cycles", self.cycles, 0)
+        integer_at_least("active.score_batch_size", self.score_batch_size, 1)
+        integer_at_least("active.subset", self.subset, 0)
         if 0 < self.subset < self.budget:
             raise ConfigError(f"active.subset={self.subset} is smaller than --budget {self.budget}: score at least "
                               "as many pool images as are queried (or active.subset=0 for the whole pool)")
@@ -96,19 +100,6 @@ class ActiveConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
-
-
-def _int_at_least(key: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{key}={value!r} is invalid: must be an integer >= {low}")
-
-
-def _number(key: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
-        raise ConfigError(f"{key}={value!r} is invalid: must be a number in {lo}{low:g}, {high:g}{hi}")
 
 
 def active_config(tree: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> ActiveConfig:

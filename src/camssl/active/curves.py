@@ -21,6 +21,7 @@ selection time beside training time).
 from __future__ import annotations
 
 import csv
+import functools
 import io as _stdio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from pathlib import Path
 from camssl import io
 from camssl.errors import UserError
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff
+from camssl.text import fmt_pct
+
+_pts = functools.partial(fmt_pct, sign="")  # table cells are in points, without a % sign
 
 
 @dataclass(frozen=True)
@@ -83,22 +87,18 @@ def _labels(cells: Iterable[dict[int, Point]]) -> str:
     return str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
 
 
-def _pct(x: float | None, signed: bool = False) -> str:
-    return "—" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
-
-
 def _stat_cell(st: Stat | None) -> str:
     if st is None:
         return "—"
-    return f"{_pct(st.mean)} ± {_pct(st.std)} ({st.n})" if st.std is not None else f"{_pct(st.mean)} ({st.n})"
+    return f"{_pts(st.mean)} ± {_pts(st.std)} ({st.n})" if st.std is not None else f"{_pts(st.mean)} ({st.n})"
 
 
 def _diff_cell(d: PairedDiff | None) -> str:
     if d is None:
         return "—"
     if d.low is None:
-        return f"{_pct(d.mean, True)} ({d.n})"
-    return f"{_pct(d.mean, True)} [{_pct(d.low, True)}, {_pct(d.high, True)}]{'*' if d.excludes_zero else ''} ({d.n})"
+        return f"{_pts(d.mean, signed=True)} ({d.n})"
+    return f"{_pts(d.mean, signed=True)} [{_pts(d.low, signed=True)}, {_pts(d.high, signed=True)}]{'*' if d.excludes_zero else ''} ({d.n})"
 
 
 def diffs(points: Sequence[Point], baseline: str = "random") -> dict[str, dict[int, PairedDiff | None]]:
@@ -252,8 +252,8 @@ def diagnostics_markdown(rows: Sequence[dict[str, object]], title: str, baseline
             hist = [sum(h) for h in zip(*(r["class_histogram"] for r in g if r["class_histogram"]))]  # type: ignore[arg-type]
             share = _mean(r["selection_share"] for r in g)
             lines.append(
-                f"| {strategy} | {cycle} | {g[0]['n_labeled']} | {_pct(_mean(r['virtual_acc_before'] for r in g))} → "
-                f"{_pct(_mean(r['virtual_acc_after'] for r in g))} | "
+                f"| {strategy} | {cycle} | {g[0]['n_labeled']} | {_pts(_mean(r['virtual_acc_before'] for r in g))} → "
+                f"{_pts(_mean(r['virtual_acc_after'] for r in g))} | "
                 f"{f'{min(hist)}–{max(hist)}' if hist else '—'} | {_mean(r['train_s'] for r in g):.0f} | "
                 f"{_mean(r['selection_s'] for r in g):.1f} | {100 * share:.0f}% ({len(g)}) |")  # type: ignore[operator]
     return "\n".join(lines) + "\n"

@@ -40,12 +40,12 @@ from camssl.active.pool import pool_context, virtual_label_accuracy
 from camssl.active.state import STATE_FILE, ActiveState
 from camssl.active.strategies import select
 from camssl.augment import Augmenter
-from camssl.config import TrainConfig, config_differences, from_dict
+from camssl.config import RESULT_NEUTRAL_KEYS, TrainConfig, config_differences, from_dict
 from camssl.data import DataBundle, Split, SplitConfig, load_data, make_split
 from camssl.errors import UserError
 from camssl.train import Trainer, pick_device, process_settings
-from camssl.train.checkpoint import RESUMABLE_CHANGES, load_run_model
-from camssl.train.report import fmt_pct
+from camssl.train.checkpoint import load_run_model
+from camssl.text import fmt_pct
 
 
 def run_active(cfg: TrainConfig | None, acfg: ActiveConfig | None, out: str | Path, *, resume: bool = False,
@@ -94,7 +94,7 @@ def _check_same(state: ActiveState, cfg: TrainConfig | None, acfg: ActiveConfig 
         fixed = copy.deepcopy(cfg)
         fixed.optim.steps_per_epoch = saved_cfg.optim.steps_per_epoch if cfg.optim.steps_per_epoch == 0 \
             else cfg.optim.steps_per_epoch
-        diff += config_differences(saved_cfg.to_dict(), fixed.to_dict(), ignore=RESUMABLE_CHANGES)
+        diff += config_differences(saved_cfg.to_dict(), fixed.to_dict(), ignore=RESULT_NEUTRAL_KEYS)
     if acfg is not None:
         diff += [(f"active.{k}", a, b) for k, a, b in config_differences(saved_acfg.to_dict(), acfg.to_dict())]
     if diff:

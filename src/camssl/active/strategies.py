@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camssl.active.config import ActiveConfig
+from camssl.active.config import STRATEGIES, ActiveConfig
 from camssl.active.propagation import Propagation, knn_graph, normalized_adjacency, propagate
 from camssl.augment import Augmenter
 from camssl.losses import entropy, kl_from_logits, target_logits, vat_perturbation
@@ -96,7 +96,6 @@ class PoolContext:
 
 
 Strategy = Callable[[PoolContext, int], Selection]
-STRATEGIES: dict[str, Strategy] = {}
 
 
 def register(name: str) -> Callable[[Strategy], Strategy]:

@@ -46,7 +46,7 @@ def default_comparisons(sr: SweepResults) -> list[Comparison]:
     """Without ``--compare``: each setting against the first baseline, in sweeps with no Grad-CAM setting
     (the Grad-CAM tables already pair those with the baseline and the ablation)."""
     roles = {r["setting"]: r["role"] for r in sr.plan["runs"]}
-    if not sr.plan["baselines"] or any(v == "gradcam" for v in roles.values()):
+    if not sr.plan["baselines"] or any(v == "method" for v in roles.values()):
         return []
     base = sr.plan["baselines"][0]
     return [(s, base) for s in sr.plan["settings"]]

@@ -140,7 +140,7 @@ def settings_by_role(sr: SweepResults) -> tuple[list[str], list[str], list[str]]
 
 def layer_of(sr: SweepResults, setting: str) -> str | None:
     for r in sr.plan["runs"]:
-        if r["setting"] == setting and r["role"] == "gradcam":
+        if r["setting"] == setting and r["role"] == "method":
             return r["layer"]
     return None
 

@@ -24,14 +24,11 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from camssl import io
-from camssl.config import TrainConfig, config_differences, dump_yaml, from_dict, read_yaml, to_dict
+from camssl.config import RESULT_NEUTRAL_KEYS, TrainConfig, config_differences, dump_yaml, from_dict, read_yaml, to_dict
 from camssl.errors import ConfigError, DataError, UserError
 from camssl.experiments.spec import Plan, Run
 from camssl.machine import cpu_name, usable_cores
-
-# fields that do not change what a run computes: a run dir may differ from the plan in these
-IGNORED_KEYS = ("threads", "progress", "out_dir")
-
+from camssl.text import fmt_pct
 
 def run_state(run_dir: Path, cfg: TrainConfig) -> tuple[str, str]:
     """("done" | "resume" | "new" | "conflict", detail) of a planned run's directory."""
@@ -43,7 +40,7 @@ def run_state(run_dir: Path, cfg: TrainConfig) -> tuple[str, str]:
         saved = from_dict(TrainConfig, read_yaml(run_dir / "config.yaml"))
     except ConfigError as e:
         return "conflict", f"its config.yaml is unreadable ({e})"
-    diff = config_differences(to_dict(saved), to_dict(cfg), ignore=IGNORED_KEYS)
+    diff = config_differences(to_dict(saved), to_dict(cfg), ignore=RESULT_NEUTRAL_KEYS)
     if diff:
         key, there, planned = diff[0]
         return "conflict", (
@@ -95,14 +92,10 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _pct(x: Any) -> str:
-    return "—" if not isinstance(x, (int, float)) else f"{100 * x:.1f}%"
-
-
 def brief(result: dict[str, Any] | None) -> str:
     if not result:
         return "no result"
-    return f"val {_pct(result.get('val_acc'))} test {_pct(result.get('test_acc'))}"
+    return f"val {fmt_pct(result.get('val_acc'), 1)} test {fmt_pct(result.get('test_acc'), 1)}"
 
 
 def failure_reason(log_path: Path, offset: int, rc: int) -> str:

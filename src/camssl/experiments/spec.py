@@ -28,6 +28,10 @@ SWEEP_VERSION = 1
 SWEEP_KEYS = ("seeds", "ratios", "settings", "baseline")
 GRID_KEYS = ("seed", "split.seed", "split.ratio")  # set by the grid, not by settings
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# a setting's part in the tables, said in the spec (``role: method``): the paper's method (its
+# columns in Table I), the ablation it is compared with (Table II), a teacher of later runs,
+# or anything else; baselines (``sweep.baseline``) have the role "baseline"
+ROLES = ("method", "ablation", "teacher", "other")
 
 
 @dataclass
@@ -37,8 +41,8 @@ class Run:
     id: str  # also its directory under the sweep dir, e.g. "r0.5/gradcam-layer3/s0"
     setting: str
     group: str  # "grid" | "baseline"
-    role: str  # "gradcam" | "ablation" | "baseline" | "other"
-    layer: str | None  # Grad-CAM target layer(s) of a gradcam run, comma-joined
+    role: str  # one of ROLES: the run's part in the tables (said by the spec)
+    layer: str | None  # map layer(s) of a "method" run, comma-joined
     ratio: float | None  # None for a baseline run
     seed: int
     config: TrainConfig = field(repr=False)
@@ -117,7 +121,15 @@ def _ratios(value: Any, where: str) -> list[float]:
     return out
 
 
-def _named_changes(value: Any, where: str, forbidden: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def _role_of(changes: dict[str, Any] | None, where: str) -> str:
+    role = (changes or {}).pop("role", "other")
+    if role not in ROLES:
+        raise ConfigError(f"{where}: role {role!r} is unknown; choose one of: {', '.join(ROLES)}")
+    return str(role)
+
+
+def _named_changes(value: Any, where: str, forbidden: tuple[str, ...]) -> dict[str, tuple[dict[str, Any], str]]:
+    """{name: (config changes, role)} of the ``settings:`` or ``baseline:`` mapping of a spec."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -133,13 +145,15 @@ def _named_changes(value: Any, where: str, forbidden: tuple[str, ...]) -> dict[s
             raise ConfigError(
                 f"{where}.{name} must be a mapping of config changes (section.key: value); got {changes!r}"
             )
-        flat = flatten(changes or {})
+        changes = dict(changes or {})
+        role = _role_of(changes, f"{where}.{name}")
+        flat = flatten(changes)
         for key in flat:
             if key in forbidden:
                 raise ConfigError(
                     f"{where}.{name} sets {key}, which the sweep's grid sets (sweep.seeds / sweep.ratios)"
                 )
-        out[name] = flat
+        out[name] = (flat, role)
     return out
 
 
@@ -173,13 +187,8 @@ def load_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return tree, sweep
 
 
-def _role(group: str, cfg: TrainConfig) -> tuple[str, str | None]:
-    if group == "baseline":
-        return "baseline", None
-    from camssl.methods import METHODS
-
-    role = METHODS[cfg.method.name].role_of(cfg.method)
-    return role, (",".join(cfg.method.cam_layers()) or None) if role == "gradcam" else None
+def _layer(role: str, cfg: TrainConfig) -> str | None:
+    return (",".join(cfg.method.cam_layers()) or None) if role == "method" else None
 
 
 def _with_seed(value: Any, seed: Any) -> Any:
@@ -237,14 +246,14 @@ def plan_sweep(spec: str | Path, overrides: Sequence[str] = ()) -> Plan:
     runs: list[Run] = []
     for seed in seeds:
         grid = [(k, seed) for k in ("seed", "split.seed")]
-        for name, changes in baselines.items():
+        for name, (changes, _) in baselines.items():
             cfg = _build(tree, [*cli, *changes.items(), *grid], f"{where}, baseline {name}")
             runs.append(Run(f"baseline/{name}/s{seed}", name, "baseline", "baseline", None, None, seed, cfg))
         for ratio in ratios:
-            for name, changes in settings.items():
+            for name, (changes, role) in settings.items():
                 cfg = _build(tree, [*cli, *changes.items(), ("split.ratio", ratio), *grid], f"{where}, setting {name}")
-                role, layer = _role("grid", cfg)
-                runs.append(Run(f"r{format_ratio(ratio)}/{name}/s{seed}", name, "grid", role, layer, ratio, seed, cfg))
+                runs.append(Run(f"r{format_ratio(ratio)}/{name}/s{seed}", name, "grid", role, _layer(role, cfg), ratio,
+                                seed, cfg))
     return Plan(spec, seeds, ratios, list(settings), list(baselines), list(overrides), runs)
 
 

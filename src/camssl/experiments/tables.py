@@ -57,7 +57,7 @@ def _paper_cell(role: str, layer: str | None, ratio: float | None) -> tuple[floa
     key = next((k for k in PAPER_TABLE1 if ratio is not None and abs(k - ratio) < 1e-9), None)
     if key is None:
         return None
-    if role == "gradcam" and layer is not None:
+    if role == "method" and layer is not None:
         return PAPER_TABLE1[key].get(layer)
     if role == "ablation":
         return PAPER_ABLATION[key]
@@ -76,7 +76,7 @@ def _ms(st: Stat | None, expected_n: int = 0, digits: int = 2) -> str:
 
 def paper_grid(sr: SweepResults) -> bool:
     """Whether the sweep is a Grad-CAM grid, whose cells have the Grad-CAM paper's numbers beside them."""
-    return any(r["role"] == "gradcam" for r in sr.plan["runs"])
+    return any(r["role"] == "method" for r in sr.plan["runs"])
 
 
 def _paper_ms(cell: tuple[float, float] | None) -> str:
@@ -102,7 +102,7 @@ def build_tables(
     columns, ablations, baselines = settings_by_role(sr)
     ablation = ablations[0] if ablations else None
     baseline = baselines[0] if baselines else None
-    gradcams = [s for s in columns if role_of(sr, s) == "gradcam"]
+    gradcams = [s for s in columns if role_of(sr, s) == "method"]
 
     csv_rows: list[dict[str, Any]] = []
     for rule in SELECTIONS:  # the CSV holds both selection rules; the markdown the chosen one

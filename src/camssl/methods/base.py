@@ -14,8 +14,11 @@ A method owns its losses and any state it needs; the trainer owns everything els
         method.end_epoch()                # e.g. merge per-rank state
         checkpoint <- method.state_dict()
 
-A method also declares what the trainer, sweeps and tables need to know about it
-(class attributes below), so nothing outside the method tests its name.
+A method also declares what the trainer, the benchmark, the CLI help and the README's
+table need to know about it (class attributes below), so nothing outside the method tests
+its name. ``tests/test_method_contract.py`` checks every registered method against this
+contract: a finite loss, its declared metrics, a state round trip, gradients that reach the
+model, ``uses_unlabeled`` honoured, and an exact resume.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camssl.config import MethodConfig
+from camssl.methods.config import METHODS, MethodConfig
 
 if TYPE_CHECKING:
     from camssl.augment import Augmenter, View
@@ -119,9 +122,12 @@ class Method:
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    summary: ClassVar[str] = ""  # the objective in one line (CLI help, the README's method table)
     uses_unlabeled: ClassVar[bool] = False  # the trainer draws an unlabeled batch per step
-    table_role: ClassVar[str] = "other"  # role in a sweep's tables: "gradcam" | "ablation" | "other"
-    log_metrics: ClassVar[tuple[str, ...]] = ("loss_s",)  # metrics shown on the epoch line
+    log_metrics: ClassVar[tuple[str, ...]] = ("loss_s",)  # metrics shown on the epoch line (step or end_epoch)
+    strong_policy: ClassVar[str] = "camssl"  # the strong view under augment.strong.policy=auto
+    # step variants ``camssl bench`` times: {key: method config fields}; {} = not timed (e.g. needs a teacher)
+    bench_variants: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, cfg: MethodConfig, *, label_smoothing: float = 0.0) -> None:
         self.cfg = cfg
@@ -153,11 +159,6 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` on resume."""
 
-    @classmethod
-    def role_of(cls, cfg: MethodConfig) -> str:
-        """The role in a sweep's tables of a run of this method with ``cfg`` (default: ``table_role``)."""
-        return cls.table_role
-
     def double_backward_layers(self, net: nn.Module) -> list[str]:
         """Layers through which the method's loss needs a double backward (refused with SyncBatchNorm)."""
         return []
@@ -167,8 +168,11 @@ class Method:
     def supervised_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
 
+    def supervised(self, logits: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """L_S of the labeled rows and its metrics (``loss_s``, ``train_acc``)."""
+        loss_s = self.supervised_loss(logits, y)
+        return loss_s, {"loss_s": loss_s.detach(), "train_acc": (logits.argmax(1) == y).float().mean()}
 
-METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:

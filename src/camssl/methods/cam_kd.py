@@ -35,10 +35,12 @@ import torch
 from torch import nn
 
 from camssl.cam import NORMALIZATIONS, cam_layer, fc_weight
-from camssl.config import MethodConfig, at_least, positive
+from camssl.checks import at_least, positive
 from camssl.errors import ConfigError, UserError
 from camssl.losses import caam_matching, logit_kd, teacher_cams
 from camssl.methods.base import Batch, Method, RunInfo, StepContext, StepOutput, register
+from camssl.methods.config import MethodConfig
+from camssl.models.saved import fingerprint
 
 
 @dataclass
@@ -64,14 +66,13 @@ class CamKDConfig(MethodConfig):
 class CamKD(Method):
     name = "cam_kd"
     Config = CamKDConfig
+    summary = "α·L_S + CAAM–CAM matching and/or logit KD from a frozen teacher (Wang et al.)"
     log_metrics = ("loss_s", "loss_caam", "loss_kd", "teacher_acc")
 
     teacher: nn.Module
     teacher_fingerprint: str
 
     def setup(self, run: RunInfo) -> None:
-        from camssl.train.checkpoint import fingerprint
-
         path = str(self.cfg.teacher)
         try:
             teacher = run.load_frozen(path)
@@ -93,7 +94,7 @@ class CamKD(Method):
         with torch.no_grad():
             t_logits, t_feats = self.teacher(view.images, taps=[self.teacher_layer])
             t_maps = teacher_cams(t_feats[self.teacher_layer], fc_weight(self.teacher), batch.y_l)
-        loss_s = self.supervised_loss(logits, batch.y_l)
+        loss_s, metrics = self.supervised(logits, batch.y_l)
         # a term with weight 0 is computed without a graph (logged only): the step then trains
         # exactly like the student alone
         with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.caam_weight > 0):
@@ -105,13 +106,8 @@ class CamKD(Method):
             loss = loss + cfg.caam_weight * loss_caam
         if cfg.logit_weight > 0:
             loss = loss + cfg.logit_weight * loss_kd
-        metrics = {
-            "loss_s": loss_s.detach(),
-            "loss_caam": loss_caam.detach(),
-            "loss_kd": loss_kd.detach(),
-            "train_acc": (logits.argmax(1) == batch.y_l).float().mean(),
-            "teacher_acc": (t_logits.argmax(1) == batch.y_l).float().mean(),
-        }
+        metrics.update(loss_caam=loss_caam.detach(), loss_kd=loss_kd.detach(),
+                       teacher_acc=(t_logits.argmax(1) == batch.y_l).float().mean())
         return StepOutput(loss, metrics)
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``lga``: label gradient alignment (Jackson & Schulman, arXiv 1902.02336), optionally + VAT.
 
 Only the paper's abstract is public; every detail below is *camssl's choice*
-(../shared/docs/method.md §3; the functions are in :mod:`camssl.label_alignment`):
+(docs/methods.md §3; the functions are in :mod:`camssl.label_alignment`):
 
 - a :class:`~camssl.methods.state.SampleTable` of imputed label logits Z, one row per
   training image (only unlabeled rows are used), q = softmax(Z / ``temperature``); a row
@@ -12,9 +12,10 @@ Only the paper's abstract is public; every detail below is *camssl's choice*
   of the labeled loss (averaged over ranks) and g_U(q) that of the unlabeled weak view's
   cross-entropy with soft labels q; ``scope``: the last linear layer in closed form
   (``classifier``) or every parameter through one Jacobian–vector product (``all``);
-- then L = alpha*L_S + lambda_u(t)*CE(f(x_U view), q detached) + vat_weight(t)*L_VAT
-  (+ entmin_weight*L_ent), ``view`` weak or strong, both weights ramped linearly over
-  ``rampup_epochs``; ``vat_weight > 0`` is the paper's "LGA + VAT";
+- then L = alpha*L_S + lambda_u(t)*CE(f(x_U view), q detached) + vat.weight(t)*L_VAT
+  (+ vat.entmin_weight*L_ent), ``view`` weak or strong, lambda_u ramped linearly over
+  ``ramp_epochs`` and the VAT weight over ``vat.ramp_epochs``; ``vat.weight > 0`` is the
+  paper's "LGA + VAT";
 - the rows are written back after the optimiser step and merged over ranks at the epoch's
   end (each rank imputes its own share of a batch; a row drawn again by another rank in
   the same epoch is read as of the last merge).
@@ -28,25 +29,27 @@ unlabeled images drawn so far (``seen_unlabeled``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camssl.config import at_least
+from camssl.checks import at_least, integer_at_least, positive
 from camssl.errors import ConfigError
 from camssl.label_alignment import (DISTANCES, SCOPES, ClassifierGradient, ParameterGradient, align_labels,
                                     classifier_input, find_classifier)
 from camssl.losses import frozen_bn_stats, soft_cross_entropy
-from camssl.methods.base import Batch, RunInfo, StepContext, StepOutput, register
+from camssl.methods.base import Batch, Method, RunInfo, StepContext, StepOutput, register
+from camssl.methods.config import RENAMED, MethodConfig
+from camssl.methods.parts import ramp
 from camssl.methods.state import SampleTable
-from camssl.methods.vat import VAT, VATConfig, ramp, vat_terms
+from camssl.methods.vat_term import VATSettings, vat_terms
 
 
 @dataclass
-class LGAConfig(VATConfig):
+class LGAConfig(MethodConfig):
     name: str = "lga"
     lambda_u: float = 1.0  # camssl's choice: weight of the cross-entropy on the imputed labels
     steps: int = 3  # camssl's choice: K inner steps on the batch's rows of Z per training step
@@ -57,21 +60,27 @@ class LGAConfig(VATConfig):
     grad_distance: Literal[DISTANCES] = "cosine"  # type: ignore[valid-type]  # D: 1 - cos, or sql2 (squared L2)
     view: Literal["weak", "strong"] = "weak"  # unlabeled view trained on q (camssl's choice: weak, as in Oliver et al.)
     classifier: str = "fc"  # module path of the last linear layer (logits = classifier(h))
-    vat_weight: float = 0.0  # > 0: LGA + VAT (the paper's reported method); Oliver et al.'s VAT weight is 0.3
+    ramp_epochs: float = 5.0  # camssl's choice: linear ramp-up of lambda_u over this many epochs
+    vat: VATSettings = field(default_factory=lambda: VATSettings(weight=0.0))  # weight > 0: LGA + VAT (the paper's); Oliver et al.: 0.3
+
+    RENAMED: ClassVar[dict[str, str]] = {**RENAMED, "rampup_epochs": "ramp_epochs (and method.vat.ramp_epochs)"}
 
     def validate(self) -> None:
         super().validate()
-        for key in ("lambda_u", "inner_lr"):
+        for key in ("lambda_u", "inner_lr", "ramp_epochs"):
             at_least(f"method.{key}", getattr(self, key), 0)
-        at_least("method.steps", self.steps, 0)
-        if not self.temperature > 0:
-            raise ConfigError(f"method.temperature={self.temperature} is invalid: must be > 0 (e.g. 0.5)")
+        integer_at_least("method.steps", self.steps, 0)
+        positive("method.temperature", self.temperature)
 
 
 @register
-class LabelGradientAlignment(VAT):
+class LabelGradientAlignment(Method):
     name = "lga"
     Config = LGAConfig
+    summary = "α·L_S + λ_u·CE(view, imputed labels) (+ L_VAT): label gradient alignment (Jackson & Schulman), camssl's formulation"
+    uses_unlabeled = True
+    bench_variants = {"lga/classifier": {"scope": "classifier"}, "lga/all": {"scope": "all"},
+                      "lga+vat": {"vat": {"weight": 0.3}}}
     log_metrics = ("loss_s", "loss_u", "loss_vat", "d_before", "d_after", "pl_acc", "imputed_acc",
                    "imputed_rows_pl_acc", "seen_unlabeled")
 
@@ -95,7 +104,7 @@ class LabelGradientAlignment(VAT):
         with classifier_input(ctx.model, cfg.classifier) as cap:
             logits = ctx.model(torch.cat([labeled.images, weak.images]))
         logits_l, logits_w = logits[:n_l], logits[n_l:]
-        loss_s = self.supervised_loss(logits_l, batch.y_l)
+        loss_s, metrics = self.supervised(logits_l, batch.y_l)
 
         # imputation: K steps on the batch's rows of Z (nothing here reaches the parameters' .grad)
         if cfg.scope == "classifier":
@@ -121,19 +130,18 @@ class LabelGradientAlignment(VAT):
 
         logits_u = logits_w if cfg.view == "weak" else ctx.model(strong.images)
         loss_u = soft_cross_entropy(q, logits_u).mean()
-        lam = ramp(ctx.epoch, cfg.rampup_epochs)
+        lam = ramp(ctx.epoch, cfg.ramp_epochs)
         loss = cfg.alpha * loss_s + cfg.lambda_u * lam * loss_u
-        metrics = {"loss_s": loss_s.detach(), "loss_u": loss_u.detach(), "d_before": res.d_before.float(),
-                   "d_after": res.d_after.float(), "lambda_u": torch.tensor(cfg.lambda_u * lam),
-                   "changed": (res.z.argmax(1) != z.argmax(1)).float().mean(),
-                   "train_acc": (logits_l.argmax(1) == batch.y_l).float().mean()}
-        if cfg.vat_weight > 0 or cfg.entmin_weight > 0:
+        metrics.update(loss_u=loss_u.detach(), d_before=res.d_before.float(), d_after=res.d_after.float(),
+                       lambda_u=torch.tensor(cfg.lambda_u * lam),
+                       changed=(res.z.argmax(1) != z.argmax(1)).float().mean())
+        if cfg.vat.active:
             # VAT needs the logits of the weak view alone (BatchNorm mixes the concatenated batch);
             # that pass does not count the weak images in the BatchNorm statistics a second time
             with frozen_bn_stats(ctx.model):
                 logits_alone = ctx.model(weak.images)
-            terms = vat_terms(cfg, ctx, weak.images, logits_alone)
-            loss = loss + cfg.vat_weight * lam * terms["loss_vat"] + cfg.entmin_weight * terms["loss_ent"]
+            terms = vat_terms(cfg.vat, ctx, weak.images, logits_alone)
+            loss = loss + cfg.vat.weight_at(ctx.epoch) * terms["loss_vat"] + cfg.vat.entmin_weight * terms["loss_ent"]
             metrics.update({k: v.detach() for k, v in terms.items()})
         if batch.y_u is not None:
             metrics["pl_acc"] = (pred == batch.y_u).float().mean()

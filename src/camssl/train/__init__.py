@@ -7,10 +7,12 @@
 """
 
 from camssl.train.evaluate import evaluate
-from camssl.train.loop import RANK_SEED_STRIDE, Trainer, TrainingError, pick_device
+from camssl.train.guards import TrainingError
+from camssl.train.loop import RANK_SEED_STRIDE, Trainer, pick_device
 from camssl.train.run import process_settings, train
 from camssl.train.schedule import EMA, lr_factor
+from camssl.train.state import TrainState
 from camssl.train.step import Stepper
 
-__all__ = ["EMA", "RANK_SEED_STRIDE", "Stepper", "Trainer", "TrainingError", "evaluate", "lr_factor",
+__all__ = ["EMA", "RANK_SEED_STRIDE", "Stepper", "TrainState", "Trainer", "TrainingError", "evaluate", "lr_factor",
            "pick_device", "process_settings", "train"]

@@ -62,10 +62,9 @@ def new_model(cfg: TrainConfig, num_classes: int, device: torch.device, init: An
 def _init_weights(init: Any) -> dict[str, torch.Tensor]:
     if isinstance(init, dict):
         return init
-    from camssl.train.checkpoint import load_run_model
+    from camssl.models.saved import load_model
 
-    model, _, _ = load_run_model(Path(init))
-    return model.state_dict()
+    return load_model(Path(init)).model.state_dict()
 
 
 def check_layers(cfg: TrainConfig, net: nn.Module) -> None:

@@ -58,9 +58,9 @@ def check_sync_bn(cfg: TrainConfig, net: nn.Module, method: Method | None = None
         return
     closed_form = getattr(net, "cam_layer", None)
     raise ConfigError(
-        f"sync_bn=true cannot train method.grad_mode=full at {', '.join(layers)}: that needs a "
+        f"sync_bn=true cannot train method.gradcam.grad_mode=full at {', '.join(layers)}: that needs a "
         "double backward through SyncBatchNorm, which PyTorch does not implement; use "
-        f"method.grad_mode=detach-weights, method.layers={closed_form} (closed form) or sync_bn=false"
+        f"method.gradcam.grad_mode=detach-weights, method.gradcam.layers={closed_form} (closed form) or sync_bn=false"
     )
 
 

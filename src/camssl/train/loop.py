@@ -8,7 +8,9 @@ precision, validation, checkpoints, logging and the final result. A method
 ``Trainer(cfg, run_dir, split=..., init=...)`` builds a run without process-wide side
 effects (threads, determinism and global seeds are the entry point's:
 :func:`camssl.train.run.process_settings`); ``fit()`` trains it and returns the result;
-``trainer.net`` is the fitted model afterwards.
+``trainer.net`` is the fitted model afterwards. Everything a resume needs is
+:meth:`Trainer.state_dict` (saved as ``last.pt``); the progress is one
+:class:`~camssl.train.state.TrainState`.
 
 Several processes (``torchrun --nproc-per-node N -m camssl train ...``) train one model
 with DistributedDataParallel: batch sizes are global, every rank takes its strided share
@@ -29,22 +31,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import camssl.train.build as build
+import camssl.train.checkpoint as checkpoint
+import camssl.train.ddp as ddp
+import camssl.train.diagnostics as diagnostics
+import camssl.train.report as report
 from camssl import io
 from camssl.augment import Augmenter
-from camssl.config import TrainConfig, dump_yaml
+from camssl.config import TrainConfig
 from camssl.data import DataBundle, Split, load_data
 from camssl.data.streams import IndexStream
 from camssl.distributed import Dist
 from camssl.errors import UserError
 from camssl.methods import METHODS, Batch, Method, RunInfo, StepOutput
-from camssl.train import build, checkpoint, ddp, diagnostics, report
+from camssl.models.saved import load_frozen, preprocess_spec
 from camssl.train.evaluate import evaluate
+from camssl.train.guards import TrainingError, check_finite, check_weights
+from camssl.train.precision import amp_dtype, describe
+from camssl.train.rundir import write_start_files
 from camssl.train.schedule import EMA, lr_factor, param_groups
+from camssl.train.state import TrainState
 from camssl.train.step import Stepper
-
-
-class TrainingError(UserError):
-    """Training diverged (NaN/inf loss)."""
 
 
 def _quiet(_: str) -> None:
@@ -80,93 +87,151 @@ class Trainer:
         self.log = log if self.dist.main else _quiet
         self.device = device or pick_device(cfg.device)
         ddp.check_world(cfg, self.dist, self.device)
+        self._load_data(data, split)
+        self._build_model(init)
+        self._build_optimisation()
+        self._build_streams()
+        self.method.setup(self._run_info())
+        self.state = TrainState()
+        self.writer: Any = None  # created by fit(): nothing is written before training starts
+        if resume:
+            self._resume()
 
-        # data → split → device (rank 0 loads first: it may write the decode cache)
-        t0 = time.time()
+    # ------------------------------------------------------------ building a run
+
+    def _load_data(self, data: DataBundle | None, split: Split | None) -> None:
+        """data → split → device (rank 0 loads first: it may write the decode cache)."""
+        cfg, t0 = self.cfg, time.time()
         self.bundle = data if data is not None else self.dist.main_first(lambda: load_data(cfg.data, seed=cfg.split.seed))
         self.classes = self.bundle.train.classes
         self.num_classes = len(self.classes)
-        self.split = self.dist.on_main(lambda: build.resolve_split(cfg, self.bundle, self.run_dir, resume, split))
+        self.split = self.dist.on_main(lambda: build.resolve_split(cfg, self.bundle, self.run_dir, self.resume, split))
         train = self.bundle.train
         self.images, self.labels = train.images.to(self.device), train.labels.to(self.device)
         self.test_images = self.bundle.test.images.to(self.device)
         self.test_labels = self.bundle.test.labels.to(self.device)
-        self._log_data(time.time() - t0)
+        for line in report.data_lines(self.bundle, self.split, cfg.split.seed, time.time() - t0):
+            self.log(line)
 
-        # model, method, optimisation; ``net`` is the bare model, ``model`` what the
-        # training step calls (DistributedDataParallel around ``net`` with several processes)
+    def _build_model(self, init: Any) -> None:
+        """``net`` is the bare model, ``model`` what the step calls (DDP around ``net`` with several processes)."""
+        cfg = self.cfg
         self.net = build.new_model(cfg, self.num_classes, self.device, init)
         self.method: Method = METHODS[cfg.method.name](cfg.method, label_smoothing=cfg.optim.label_smoothing)
         build.check_layers(cfg, self.net)
         if self.dist.enabled:
             ddp.check_sync_bn(cfg, self.net, self.method)
         if self.method.uses_unlabeled and len(self.split.unlabeled) == 0:
-            raise UserError(
-                f"method {cfg.method.name} needs unlabeled data but split.ratio=0 gives none; "
-                "set split.ratio > 0 (e.g. --ratio 1) or use --method supervised"
-            )
+            raise UserError(f"method {cfg.method.name} needs unlabeled data but split.ratio=0 gives none; "
+                            "set split.ratio > 0 (e.g. --ratio 1) or use --method supervised")
         if cfg.sync_bn and self.dist.enabled:
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        self.model: nn.Module = ddp.wrap_ddp(self.net, self.device) if self.dist.enabled else self.net
+
+    def _build_optimisation(self) -> None:
+        cfg, o = self.cfg, self.cfg.optim
         self.augmenter = Augmenter(cfg.augment, self.device)
-        o = cfg.optim
         self.optimizer = torch.optim.SGD(param_groups(self.net, o.weight_decay, o.no_decay_bn_bias), lr=o.lr,
                                          momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
         self.ema = EMA(self.net, o.ema_decay) if o.ema_decay > 0 else None
-
-        # streams: one global labeled batch (and one unlabeled batch) per step; every rank
-        # walks the same streams and keeps its share of each batch
         self.steps_per_epoch = o.steps_per_epoch or max(1, len(self.split.labeled) // o.batch_size)
         self.total_steps = self.steps_per_epoch * o.epochs
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
-        self.labeled_stream = IndexStream(self.split.labeled, o.batch_size, seed=cfg.seed)
+
+    def _build_streams(self) -> None:
+        """One global labeled batch (and one unlabeled batch) per step; every rank walks the same
+        streams and keeps its share of each batch; per-rank augmentation (rank 0 keeps the
+        single-process seeds)."""
+        cfg = self.cfg
+        self.labeled_stream = IndexStream(self.split.labeled, cfg.optim.batch_size, seed=cfg.seed)
         self.unlabeled_stream = (IndexStream(self.split.unlabeled, ddp.unlabeled_batch_size(cfg), seed=cfg.seed + 1)
                                  if self.method.uses_unlabeled else None)
-        # per-rank randomness (augmentations): rank 0 keeps the single-process seeds
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2 + RANK_SEED_STRIDE * self.dist.rank)
-        self.model: nn.Module = ddp.wrap_ddp(self.net, self.device) if self.dist.enabled else self.net
-        amp = self._amp_dtype()
+        amp = amp_dtype(cfg, self.device)
         self.stepper = Stepper(self.model, self.method, self.optimizer, self.augmenter, self.aug_gen, net=self.net,
                                scaler=torch.amp.GradScaler("cuda", enabled=amp == torch.float16), ema=self.ema,
                                amp_dtype=amp, labeled_view=cfg.labeled_view, channels_last=cfg.model.channels_last)
-        self.method.setup(RunInfo(
-            num_classes=self.num_classes, classes=self.classes, n_train=len(train), split=self.split,
-            device=self.device, dist=self.dist, net=self.net, run_dir=self.run_dir, labels=self.labels,
-            load_frozen=lambda path: checkpoint.load_frozen(path, self.device),
-        ))
 
-        self.epoch = 0  # epochs finished
-        self.global_step = 0
-        self.best: dict[str, Any] = {"val_acc": -1.0, "epoch": 0}
-        self.history: list[dict[str, Any]] = []
-        self.train_time, self.train_images = 0.0, 0
-        self.elapsed_before, self.segment_start, self.segment_epochs = 0.0, time.time(), 0
-        if resume:
-            checkpoint.load_checkpoint(self)
-        self.writer: Any = None  # created by fit(): nothing is written before training starts
+    def _run_info(self) -> RunInfo:
+        return RunInfo(num_classes=self.num_classes, classes=self.classes, n_train=len(self.bundle.train),
+                       split=self.split, device=self.device, dist=self.dist, net=self.net, run_dir=self.run_dir,
+                       labels=self.labels, load_frozen=lambda path: load_frozen(path, self.device))
 
-    def _log_data(self, seconds: float) -> None:
-        train, b = self.bundle.train, self.bundle
-        self.log(f"data: {b.name}  {self.num_classes} classes, {len(train)} train / {len(b.test)} test "
-                 f"images at {tuple(train.images.shape[2:])}  ({seconds:.1f}s)")
-        if b.skipped:
-            self.log(f"skipped {len(b.skipped)} unreadable image(s) (data.skip_bad=true), e.g. {b.skipped[0]}")
-        self.log(f"split (seed {self.cfg.split.seed}): {len(self.split.labeled)} labeled, {len(self.split.unlabeled)} "
-                 f"unlabeled, {len(self.split.val)} validation; test {len(b.test)}"
-                 + (" (carved from the data)" if b.test_carved else ""))
+    def precision(self) -> str:
+        """What the training step computes in, for the run header."""
+        return describe(self.stepper.amp_dtype)
 
-    def _amp_dtype(self) -> torch.dtype | None:
-        if not (self.cfg.amp and self.device.type == "cuda"):
-            return None
-        if self.cfg.amp_dtype != "auto":
-            return torch.bfloat16 if self.cfg.amp_dtype == "bf16" else torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    # ------------------------------------------------------------ the state of a run, in one place
 
-    def _tensorboard(self) -> Any:
-        if not self.dist.main:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
+    def model_spec(self) -> dict[str, Any]:
+        return self.cfg.model.build_args(self.num_classes)
 
-        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.global_step if self.resume else None)
+    def preprocess(self) -> dict[str, Any]:
+        a = self.cfg.augment
+        return preprocess_spec(tuple(self.images.shape[2:]), a.mean, a.std)
+
+    def _rng_state(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(), "aug": self.aug_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (a collective with several processes: every rank calls it)."""
+        rng_ranks = self.dist.all_gather_object(self._rng_state())
+        return {
+            "format": 2, "model_spec": self.model_spec(), "classes": self.classes, "preprocess": self.preprocess(),
+            "config": self.cfg.to_dict(), "world": self.dist.world,
+            "model": self.net.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.stepper.scaler.state_dict(),
+            "rng_ranks": rng_ranks,  # every rank's states (one entry for a single process)
+            "streams": {"labeled": self.labeled_stream.state_dict(),
+                        "unlabeled": self.unlabeled_stream.state_dict() if self.unlabeled_stream else None},
+            "method": self.method.state_dict(),
+            "train_state": self.state.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (this rank's share of it)."""
+        self.net.load_state_dict(state["model"])
+        if self.ema and state["ema"] is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.labeled_stream.load_state_dict(state["streams"]["labeled"])
+        if self.unlabeled_stream and state["streams"]["unlabeled"]:
+            self.unlabeled_stream.load_state_dict(state["streams"]["unlabeled"])
+        self.method.load_state_dict(state.get("method") or {})
+        self.stepper.scaler.load_state_dict(state["scaler"])
+        ranks = state["rng_ranks"]
+        if self.dist.rank < len(ranks):  # another number of processes: rank r continues rank r's stream where it exists
+            rng = ranks[self.dist.rank]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.aug_gen.set_state(rng["aug"])
+        self.state.load_state_dict(state["train_state"])
+
+    def _best_weights(self) -> dict[str, Any]:
+        return {"epoch": self.state.epoch, "classes": self.classes, "model": self.eval_model().state_dict(),
+                "model_spec": self.model_spec(), "preprocess": self.preprocess()}
+
+    def save(self, improved: bool) -> None:
+        """last.pt (then best.pt and metrics.jsonl) by rank 0."""
+        state = self.state_dict()
+        if self.dist.main:
+            checkpoint.write_run_files(self.run_dir, state, self._best_weights() if improved else None)
+        self.dist.barrier()  # the other ranks may read best.pt later (finish)
+
+    def _resume(self) -> None:
+        state = checkpoint.read_for_resume(self.run_dir, self.cfg, self.num_classes, self.log, self.dist.main)
+        if state is None:
+            return
+        path = self.run_dir / "last.pt"
+        checkpoint.restore(lambda: self.load_state_dict(state), path)
+        if len(state["rng_ranks"]) != self.dist.world:
+            self.log(f"resume: the checkpoint was written by {len(state['rng_ranks'])} process(es), this run has "
+                     f"{self.dist.world}; training continues, but not bit-exactly as the original run would have")
+        if self.dist.main:
+            checkpoint.repair_best(self.run_dir, self.state, self._best_weights, self.log)
+        self.log(f"resumed from {path} after epoch {self.state.epoch} (step {self.state.step})")
 
     # ------------------------------------------------------------ the loop
 
@@ -182,21 +247,21 @@ class Trainer:
         return batch
 
     def train_epoch(self) -> dict[str, float]:
-        cfg = self.cfg
+        o, s = self.cfg.optim, self.state
         self.model.train()
         sums: dict[str, Tensor] = {}
         loss_sum = torch.zeros((), device=self.device)
-        n_images = 0
-        t0 = time.time()
-        bar = self._progress_bar()
+        show = self.cfg.progress and self.dist.main
+        n_images, t0, bar = 0, time.time(), report.progress_bar(show, self.steps_per_epoch, s.epoch, o.epochs)
         for i in range(self.steps_per_epoch):
-            lr = cfg.optim.lr * lr_factor(self.global_step, self.total_steps, cfg.optim.schedule, self.warmup_steps)
+            lr = o.lr * lr_factor(s.step, self.total_steps, o.schedule, self.warmup_steps)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             batch = self.next_batch()
-            out = self.stepper(batch, epoch=self.epoch + i / self.steps_per_epoch, step=self.global_step,
-                               check=lambda o, i=i: self._check_finite(o, i))
-            self.global_step += 1
+            out = self.stepper(batch, epoch=s.epoch + i / self.steps_per_epoch, step=s.step,
+                               check=lambda out, i=i: check_finite(out, self.dist, epoch=s.epoch, step=s.step, i=i,
+                                                                   run_dir=self.run_dir, device=self.device))
+            s.step += 1
             loss_sum += out.loss.detach().float()
             for k, v in out.metrics.items():
                 sums[k] = sums.get(k, 0) + v.detach().float().to(self.device)
@@ -210,54 +275,14 @@ class Trainer:
         # per-rank means of equal-sized shards, averaged over ranks: the global batch means
         keys = sorted(sums)
         packed = self.dist.all_reduce_mean(torch.stack([loss_sum, *(sums[k] for k in keys)]))
-        loss_sum, sums = packed[0], dict(zip(keys, packed[1:]))
         dt = time.time() - t0
-        self.train_time += dt
-        self.train_images += n_images * self.dist.world
-        stats = {"loss": float(loss_sum) / self.steps_per_epoch}
-        stats.update({k: float(v) / self.steps_per_epoch for k, v in sums.items()})
+        s.train_time += dt
+        s.train_images += n_images * self.dist.world
+        stats = {"loss": float(packed[0]) / self.steps_per_epoch}
+        stats.update({k: float(v) / self.steps_per_epoch for k, v in zip(keys, packed[1:])})
         stats.update(self.method.end_epoch())
-        stats["lr"] = lr
-        stats["epoch_time_s"] = dt
-        stats["images_per_s"] = n_images * self.dist.world / max(dt, 1e-9)
+        stats.update(lr=lr, epoch_time_s=dt, images_per_s=n_images * self.dist.world / max(dt, 1e-9))
         return stats
-
-    def _check_finite(self, out: StepOutput, i: int) -> None:
-        """Stop on a NaN/inf loss, naming the step and the loss term(s); all ranks stop together."""
-        terms = sorted(k for k in out.metrics if k.startswith("loss"))
-        if self.dist.enabled:
-            # one small collective per step: a rank whose loss is not finite makes the sum not finite
-            vec = torch.stack([out.loss.detach().float(), *(out.metrics[k].detach().float().to(self.device) for k in terms)])
-            vec = self.dist.all_reduce_sum(vec)
-            value, term_values = vec[0], dict(zip(terms, vec[1:]))
-        else:
-            value, term_values = out.loss.detach(), {k: out.metrics[k] for k in terms}
-        if bool(torch.isfinite(value)):
-            return
-        bad = [k for k, v in term_values.items() if not bool(torch.isfinite(v).all())]
-        kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}" if self.epoch > 0
-                else "no checkpoint was written yet (it diverged in the first epoch)")
-        raise TrainingError(
-            f"the loss became {float(value)} at epoch {self.epoch + 1}, step {i + 1} (global step {self.global_step + 1}; "
-            f"term: {', '.join(bad) or 'total'}); lower optim.lr or the loss weights; {kept}"
-        )
-
-    def _check_weights(self) -> None:
-        """Never checkpoint non-finite weights (a finite loss can still give an infinite update)."""
-        bad = [n for n, p in self.net.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:
-            raise TrainingError(
-                f"the weights became NaN/inf in epoch {self.epoch} (first: {bad[0]}); lower optim.lr; "
-                f"the last good checkpoint (epoch {self.epoch - 1}) is kept in {self.run_dir}"
-            )
-
-    def _progress_bar(self) -> Any:
-        if not (self.cfg.progress and self.dist.main and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", leave=False,
-                    dynamic_ncols=True)
 
     # ------------------------------------------------------------ evaluation and diagnostics
 
@@ -276,76 +301,71 @@ class Trainer:
     def test(self, model: nn.Module) -> dict[str, Any]:
         return self._evaluate(model, self.test_images, self.test_labels)
 
+    def _cam_grid(self, tag: str) -> None:
+        if self.cfg.cam_grid and self.dist.main:
+            diagnostics.write_cam_grid(self.eval_model(), self.split.val, self.images, self.labels, self.augmenter,
+                                       self.classes, self.cfg, tag, self.run_dir, self.writer, self.state.epoch)
+
     # ------------------------------------------------------------ a whole run
 
+    def _start(self) -> None:
+        """The run directory's first files, TensorBoard, the header lines and the first CAM grid."""
+        cfg, s = self.cfg, self.state
+        if self.dist.main:
+            write_start_files(self.run_dir, cfg, self.split, self.resume)
+            self.writer = report.tensorboard(self.run_dir, s.step if self.resume else None)
+        self.log(report.model_line(cfg, self.net, self.device, self.dist, self.steps_per_epoch))
+        if self.dist.main and s.epoch < cfg.optim.epochs:
+            self.log(report.machine_line(self.net, cfg.model.name, cfg.model.width, cfg.optim.batch_size,
+                                         tuple(self.images.shape[2:]), self.device, self.precision()))
+        if s.epoch == 0:
+            self._cam_grid("epoch 0")
+
+    def _finish_epoch(self, stats: dict[str, float]) -> None:
+        """Validation, the epoch record, the checkpoint and the epoch line of the epoch just trained."""
+        cfg, s = self.cfg, self.state
+        s.epoch += 1
+        ddp.sync_buffers(self.dist, [self.net] + ([self.ema.module] if self.ema else []))
+        ddp.check_replicas(self.dist, self.net, s.epoch)
+        check_weights(self.net, s.epoch, self.run_dir)
+        record: dict[str, Any] = {"epoch": s.epoch, "step": s.step, **stats}
+        if self.dist.main:
+            record.update(diagnostics.map_diagnostics(self.eval_model(), self.split.val, self.images, self.augmenter,
+                                                      self.cfg.diagnostic_layer(), self.cfg.seed))
+        improved = False
+        if s.epoch % cfg.eval_every == 0 or s.epoch == cfg.optim.epochs:
+            val = self.validate()
+            record["val_acc"], record["val_loss"] = val["acc"], val["loss"]
+            if val["acc"] > s.best["val_acc"]:
+                s.best = {"val_acc": val["acc"], "epoch": s.epoch}
+                improved = True
+        s.history.append(record)
+        self.save(improved)
+        s.segment_epochs += 1
+        report.add_scalars(self.writer, record, s.epoch)
+        self.log(report.epoch_line(record, s, cfg.optim.epochs, self.method.log_metrics))
+
     def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
-        if self.dist.main and not (self.run_dir / "config.yaml").exists():  # driven from outside: no run dir yet
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            io.write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        if self.dist.main and not (self.resume and (self.run_dir / "split.json").exists()):
-            self.split.save(self.run_dir / "split.json")
-        self.writer = self._tensorboard()
-        n_params = sum(p.numel() for p in self.net.parameters())
-        procs = (f" x {self.dist.world} processes ({self.dist.backend}{', SyncBatchNorm' if cfg.sync_bn else ''})"
-                 if self.dist.enabled else "")
-        self.log(f"model: {cfg.model.name} (width {cfg.model.width}, {n_params / 1e6:.2f}M parameters) on {self.device}"
-                 f"{procs}; method: {cfg.method.name}; {cfg.optim.epochs} epochs x {self.steps_per_epoch} steps")
-        if self.dist.main and self.epoch < cfg.optim.epochs:
-            self.log(report.machine_line(self))
-        if self.epoch == 0:
-            diagnostics.write_cam_grid(self, "epoch 0")
-        while self.epoch < cfg.optim.epochs:
-            stats = self.train_epoch()
-            self.epoch += 1
-            ddp.sync_buffers(self.dist, [self.net] + ([self.ema.module] if self.ema else []))
-            ddp.check_replicas(self.dist, self.net, self.epoch)
-            self._check_weights()
-            record: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, **stats}
-            if self.dist.main:  # a diagnostic on 64 fixed images; the replicas are identical
-                record.update(diagnostics.map_diagnostics(self))
-            improved = False
-            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.optim.epochs:
-                val = self.validate()
-                record["val_acc"], record["val_loss"] = val["acc"], val["loss"]
-                if val["acc"] > self.best["val_acc"]:
-                    self.best = {"val_acc": val["acc"], "epoch": self.epoch}
-                    improved = True
-            self.history.append(record)
-            checkpoint.save_checkpoint(self, improved)
-            self.segment_epochs += 1
-            self._log_epoch(record)
-        diagnostics.write_cam_grid(self, "final")
+        self._start()
+        while self.state.epoch < self.cfg.optim.epochs:
+            self._finish_epoch(self.train_epoch())
+        self._cam_grid("final")
         result = self.finish()
         if self.writer is not None:
-            self.writer.add_scalar("test/test_acc", result["test_acc"], self.epoch)
+            self.writer.add_scalar("test/test_acc", result["test_acc"], self.state.epoch)
             self.writer.close()
         if self.dist.main:
             io.write_json(self.run_dir / "result.json", result)
         return result
 
-    def _log_epoch(self, r: dict[str, Any]) -> None:
-        if self.writer is not None:
-            for k, v in r.items():
-                if k not in ("epoch", "step") and isinstance(v, (int, float)):
-                    self.writer.add_scalar(f"{'val' if k.startswith('val') else 'train'}/{k}", v, self.epoch)
-            self.writer.flush()
-        self.log(report.epoch_line(self, r))
-
-    def elapsed(self) -> float:
-        """Wall time of the run so far, summed over resumed segments."""
-        return self.elapsed_before + time.time() - self.segment_start
-
-    def seconds_per_epoch(self) -> float:
-        """Mean wall time of this segment's epochs (evaluation and checkpoints included)."""
-        return (time.time() - self.segment_start) / max(1, self.segment_epochs)
-
     def finish(self) -> dict[str, Any]:
+        """The result record: test accuracy of the final weights and of the best validation epoch's."""
         test = self.test(self.eval_model())
         best_test = test
         best_path = self.run_dir / "best.pt"
-        if best_path.exists() and self.best["epoch"] != self.epoch:
+        if best_path.exists() and self.state.best["epoch"] != self.state.epoch:
             best_model = copy.deepcopy(self.eval_model())
             best_model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=True)["model"])
             best_test = self.test(best_model)
-        return report.result_record(self, test, best_test)
+        facts = report.run_facts(self.cfg, self.split, self.bundle, self.device, self.precision(), self.dist.world)
+        return report.result_record(self.state, test, best_test, self.classes, facts)

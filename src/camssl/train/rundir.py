@@ -20,6 +20,7 @@ from pathlib import Path
 
 from camssl import io
 from camssl.config import TrainConfig, drop_other_methods_keys, dump_yaml, from_dict, read_yaml
+from camssl.data import Split
 from camssl.errors import UserError
 
 RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "last.pt", "best.pt", "result.json")
@@ -71,6 +72,15 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig | None, resume: bool, overwr
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_text(run_dir / "config.yaml", dump_yaml(cfg))
     return cfg
+
+
+def write_start_files(run_dir: Path, cfg: TrainConfig, split: Split, resume: bool) -> None:
+    """config.yaml (when the trainer is driven from outside and no run directory was prepared) and split.json."""
+    if not (run_dir / "config.yaml").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        io.write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    if not (resume and (run_dir / "split.json").exists()):
+        split.save(run_dir / "split.json")
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
