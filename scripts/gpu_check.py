@@ -511,6 +511,27 @@ def check_run(run_dir: str) -> tuple[bool, str, dict[str, Any]]:
     return True, "", result
 
 
+def amp_methods(ctx: Ctx) -> list[tuple[str, list[str]]]:
+    """(label, extra arguments) of every registered method (the registry says which there are); gradcam in
+    both gradient modes at layer3; a method with a teacher (cam_kd) gets the supervised run of its precision,
+    so those come last."""
+    import dataclasses
+
+    from camssl.methods import METHODS
+
+    out: list[tuple[str, list[str]]] = []
+    teacher_users = []
+    for name in sorted(METHODS):
+        if "teacher" in {f.name for f in dataclasses.fields(METHODS[name].Config)}:
+            teacher_users.append(name)
+        elif name == "gradcam":
+            out += [(f"gradcam@layer3/{mode}", ["--layer", "layer3", f"method.gradcam.grad_mode={mode}"])
+                    for mode in ("full", "detach-weights")]
+        else:
+            out.append((name, []))
+    return out + [(name, ["--teacher", "{supervised}"]) for name in teacher_users]
+
+
 def step_amp(ctx: Ctx, budget: float) -> StepResult:
     t_end = time.time() + budget
     fields, cfg_ran = config_fields(ctx)
@@ -521,9 +542,7 @@ def step_amp(ctx: Ctx, budget: float) -> StepResult:
         return res
     selectable = "amp_dtype" in fields
     auto = auto_amp(ctx)
-    methods = [("supervised", []), ("pseudo_label", []),
-               ("gradcam@layer3/full", ["--layer", "layer3", "method.grad_mode=full"]),
-               ("gradcam@layer3/detach-weights", ["--layer", "layer3", "method.grad_mode=detach-weights"])]
+    methods = amp_methods(ctx)
     # (label, overrides) per precision, or (label, None, why not) when it cannot be run
     variants: list[tuple[str, list[str] | None, str]] = []
     if not ctx.cuda:
@@ -555,8 +574,10 @@ def step_amp(ctx: Ctx, budget: float) -> StepResult:
         if over is None:
             rows.append((method, label, "SKIP", "—", "—", "—", why))
             continue
-        tag = (over[-1].split("=")[-1] if len(over) > 1 else "amp") + "-" + method.replace("@", "-").replace("/", "-")
+        prefix = over[-1].split("=")[-1] if len(over) > 1 else "amp"
+        tag = prefix + "-" + method.replace("@", "-").replace("/", "-")
         run_dir = ctx.run_dir(f"amp-{tag}")
+        extra = [e.replace("{supervised}", ctx.run_dir(f"amp-{prefix}-supervised")) for e in extra]
         argv = [*ctx.camssl, "train", "--config", "demo", "--method", method.split("@")[0], *extra,
                 "--epochs", "1", "--out", run_dir, "--overwrite", *ctx.common(), *over]
         if ctx.tiny:
@@ -661,35 +682,24 @@ def step_torchrun(ctx: Ctx, budget: float) -> StepResult:
 # ---------------------------------------------------------------- step 4: camssl bench
 
 
-def parse_bench(path: Path) -> dict[str, list[dict[str, str]]]:
-    """The ``## Step cost — ResNet-18 width W`` tables of a ``camssl bench`` report: width -> rows."""
-    tables: dict[str, list[dict[str, str]]] = {}
-    width = None
-    header: list[str] | None = None
-    for line in path.read_text().splitlines():
-        if line.startswith("## "):
-            width = line.split("width ")[-1].strip() if line.startswith("## Step cost") else None
-            header = None
-            continue
-        if width is None or not line.startswith("|"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if header is None:
-            header = cells
-        elif not set(line) <= set("|-: "):
-            tables.setdefault(width, []).append(dict(zip(header, cells)))
-    return tables
+def parse_bench(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The step-cost rows of a ``camssl bench`` run, from the JSON it writes beside its report: width -> rows."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(w["width"]): w["steps"] for w in data.get("widths", [])}
 
 
 def step_bench(ctx: Ctx, budget: float) -> StepResult:
-    path = ctx.out / "bench.md"
+    path, report = ctx.out / "bench.json", ctx.out / "bench.md"
     argv = [*ctx.camssl, "bench"]
     if ctx.tiny:
         argv += ["--quick", "--no-experiments", "--no-memory", "--threads", "1", "--device", "cpu"]
     else:
         argv += ["--widths", ctx.args.bench_widths, "--reps", str(ctx.args.bench_reps), "--warmup", "2",
                  "--layers", "layer1,layer2,layer3,layer4", "--no-experiments", "--device", ctx.device]
-    argv += ["--out", _rel(path)]
+    argv += ["--out", _rel(report)]
     path.unlink(missing_ok=True)  # a report left by an earlier check must not pass for this one
     ran = ctx.runner.run("bench", argv, budget)
     res = StepResult("FAIL", "", commands=[ran])
@@ -698,21 +708,25 @@ def step_bench(ctx: Ctx, budget: float) -> StepResult:
         res.lines = failure_block(ran)
         return res
     tables = parse_bench(path)
-    if not tables or not all(any(r.get("step") == "pseudo_label" for r in rows) for rows in tables.values()):
-        res.summary = "report written but its step-cost tables could not be read"
+    if not tables or not all(any(r.get("key") == "pseudo_label" for r in rows) for rows in tables.values()):
+        res.summary = "bench.json written but without its step-cost rows"
         return res
     res.status = "PASS"
     heads = []
+
+    def num(x: Any, fmt: str) -> str:
+        return "—" if x is None else format(x, fmt)
+
     for width, rows in tables.items():
-        keep = [(r["step"], r.get("ms / step (median)", "—"), r.get("images / s", "—"),
-                 r.get("× pseudo_label", "—"), r.get("peak MiB", "—")) for r in rows]
+        keep = [(r["label"], num(r["median_s"] * 1000, ".1f"), num(r["images_per_s"], ".0f"),
+                 num(r["x_pseudo_label"], ".2f"), num(r["peak_bytes"] and r["peak_bytes"] / 2**20, ".1f"))
+                for r in rows]
         res.lines += [f"ResNet-18 width {width}:", "",
                       *table(("step", "ms / step", "images / s", "× pseudo_label", "peak MiB"), keep), ""]
-        by = {r["step"]: r for r in rows}
-        gc = by.get("gradcam @ layer3 full")
-        pl = by["pseudo_label"]
-        heads.append(f"width {width}: pseudo_label {pl.get('images / s')} img/s"
-                     + (f", gradcam@layer3 full {gc.get('× pseudo_label')}× pseudo_label" if gc else ""))
+        by = {r["key"]: r for r in rows}
+        gc, pl = by.get("gradcam@layer3/full"), by["pseudo_label"]
+        heads.append(f"width {width}: pseudo_label {num(pl['images_per_s'], '.0f')} img/s"
+                     + (f", gradcam@layer3 full {num(gc['x_pseudo_label'], '.2f')}× pseudo_label" if gc else ""))
     res.summary = "; ".join(heads)
     res.lines = ["Full report: `bench.md` (copy it to `docs/benchmarks-gpu.md` to keep it). Ratios are of medians, "
                  "step types interleaved in one process; images / s counts labeled + unlabeled images (labeled "

@@ -23,7 +23,8 @@ from camssl.augment import AugmentConfig
 from camssl.checks import at_least, fraction, positive
 from camssl.data import DataConfig, SplitConfig
 from camssl.errors import ConfigError
-from camssl.methods.config import MethodConfig, drop_other_methods_keys, method_config, method_config_class
+from camssl.methods.base import MethodConfig, method_config_class
+from camssl.methods.config import drop_other_methods_keys, method_config
 from camssl.typed import flatten, from_dict, merge, parse_override, read_yaml, set_path, to_dict
 
 __all__ = ["PRESET_DIR", "RESULT_NEUTRAL_KEYS", "MethodConfig", "ModelConfig", "OptimConfig", "TrainConfig",

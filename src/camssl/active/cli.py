@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from camssl.commands.common import add_config_args, overrides_from_args, shortcut_values
 from camssl.errors import UserError
 
 # flag -> (ActiveConfig field, type, help)
@@ -19,15 +20,22 @@ NOT_FOR_ACTIVE = ("--labeled", "--ratio")
 DEFAULT_METHOD = "pseudo_label"  # the task model's method with a plain training preset (demo, cpu, paper)
 
 
-def add_active_arguments(p: argparse.ArgumentParser) -> None:
-    from camssl.cli import _add_config_args
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """``camssl active`` and ``camssl active-table``."""
+    p = sub.add_parser("active", parents=parents,
+                       help="active learning: train, query the pool, label, retrain (REVIVAL)")
+    add_active_arguments(p)
+    p.set_defaults(func=cmd_active, resume_hint="camssl active --out {out} --resume")
+    p = sub.add_parser("active-table", parents=parents, help="accuracy-vs-labels curves of active-learning runs")
+    add_active_table_arguments(p)
+    p.set_defaults(func=cmd_active_table)
 
-    _add_config_args(p)
+
+def add_active_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p, config_help=(
+        "preset (active-cpu, active-paper, or a training preset: demo, cpu, fast, paper, whose task model "
+        f"is then {DEFAULT_METHOD} unless --method says otherwise) or a YAML file [demo]"))
     p.set_defaults(config=None)  # None: not given (demo when starting; the saved config when resuming)
-    for action in p._actions:
-        if "--config" in action.option_strings:
-            action.help = ("preset (active-cpu, active-paper, or a training preset: demo, cpu, paper, whose task model "
-                           f"is then {DEFAULT_METHOD} unless --method says otherwise) or a YAML file [demo]")
     for flag, (_, typ, text) in ACTIVE_FLAGS.items():
         p.add_argument(flag, type=typ, default=None, help=text)
     p.add_argument("--warm-start", action="store_true", default=None,
@@ -38,15 +46,13 @@ def add_active_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _given(args: argparse.Namespace) -> list[str]:
-    from camssl.cli import SHORTCUTS
-
-    flags = [*SHORTCUTS, *ACTIVE_FLAGS, "--config", "--warm-start", "--skip-bad"]
-    return [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) not in (None, False)] + args.overrides
+    flags = [*ACTIVE_FLAGS, "--config", "--warm-start", "--skip-bad"]
+    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) not in (None, False)]
+    return [*shortcut_values(args), *given, *args.overrides]
 
 
 def configs_from_args(args: argparse.Namespace):  # -> tuple[TrainConfig, ActiveConfig]
     from camssl.active.config import load_active_config
-    from camssl.cli import overrides_from_args
 
     for flag in NOT_FOR_ACTIVE:
         if getattr(args, flag.lstrip("-")) is not None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from camssl.active import oracle
+import camssl.active.oracle as oracle
 from camssl.active.config import ActiveConfig, active_config
 from camssl.active.pool import pool_context, virtual_label_accuracy
 from camssl.active.state import STATE_FILE, ActiveState

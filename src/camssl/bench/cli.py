@@ -13,6 +13,12 @@ from camssl.bench.run import run_bench
 from camssl.errors import UserError
 
 
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", parents=parents, help="training-step cost per method and layer (docs/benchmarks.md)")
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``camssl bench``: run the benchmark, print the tables and write the markdown file."""
     o = options_from_args(args, command=getattr(args, "bench_command", None))

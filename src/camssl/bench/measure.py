@@ -213,6 +213,10 @@ def conv_flop_fractions(model: nn.Module, device: torch.device, layers: Sequence
 def flop_model(kind: str, mode: str | None, p: float, n_l: int, n_u: int) -> float:
     """Step cost in conv-FLOP units (one image's forward = 1), counting convolutions only.
 
+    ``kind``: ``base`` (the semi-supervised step without maps: a no-grad anchor forward, the
+    labeled + strong forward and its backward), ``maps`` (the same with Grad-CAM maps at a
+    layer after which ``p`` of the convolutions lie) or ``reference`` (captum's maps).
+
     Backward = input gradients + weight gradients = 2 forwards; a first-order Grad-CAM
     gradient = input gradients of the convolutions after the layer (``p`` of them);
     second order = 2 more forwards of those convolutions (``grad_output`` and weight
@@ -220,9 +224,9 @@ def flop_model(kind: str, mode: str | None, p: float, n_l: int, n_u: int) -> flo
     """
     n = n_l + n_u
     pl = n_u + n + 2 * n  # no-grad anchor forward, labeled + strong forward, backward
-    if kind == "pseudo_label":
+    if kind == "base":
         return pl
-    if kind == "gradcam":
+    if kind == "maps":
         extra = p * (n_u + n)  # anchor's and the batch's first-order map gradients
         if mode == "full":
             extra += 2 * p * n  # second-order terms over the whole batch

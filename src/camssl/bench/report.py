@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def targets(res: BenchResult) -> list[Check]:
     if "pseudo_label" not in t:
         return checks
     pl = t["pseudo_label"]
-    base = flop_model("pseudo_label", None, 0.0, o.batch, o.unlabeled)
+    base = flop_model("base", None, 0.0, o.batch, o.unlabeled)
     cam_layer = "layer4"
 
     def share(layer: str, camssl: bool) -> float:
@@ -91,13 +92,13 @@ def targets(res: BenchResult) -> list[Check]:
                 checks.append(Check(
                     "step", f"gradcam @ {layer} {mode} ÷ pseudo_label (time)", TARGET_STEP_RATIO[layer],
                     t[key].median / pl.median, layer=layer, mode=mode,
-                    model=flop_model("gradcam", mode, share(layer, True), o.batch, o.unlabeled) / base,
+                    model=flop_model("maps", mode, share(layer, True), o.batch, o.unlabeled) / base,
                     cpu=t[key].cpu_median / pl.cpu_median, noise=_ratio_noise(t[key], pl)))
     for layer in o.layers:
         ref, gc = f"reference@{layer}", f"gradcam@{layer}/full"
         if ref in t and gc in t:
             model = (flop_model("reference", None, share(layer, False), o.batch, o.unlabeled)
-                     / flop_model("gradcam", "full", share(layer, True), o.batch, o.unlabeled))
+                     / flop_model("maps", "full", share(layer, True), o.batch, o.unlabeled))
             checks.append(Check(
                 "reference", f"reference (captum) ÷ gradcam @ {layer} full (time)", TARGET_REFERENCE,
                 t[ref].median / t[gc].median, at_most=False, layer=layer, mode="full", model=model,
@@ -233,7 +234,7 @@ def render(res: BenchResult, keep: str | None = None) -> str:
         "and distance are camssl's, so only the Grad-CAM machinery differs.",
         "- `views only`: the three views of one step (weak labeled view, original anchor, strong view), alone.",
         "- `vat`, `lga` (classifier scope: the closed-form gradient of the classifier layer; all parameters: one "
-        "Jacobian–vector product per inner step), `lga + VAT` (`method.vat_weight=0.3`) and `cam_loss`: the "
+        "Jacobian–vector product per inner step), `lga + VAT` (`method.vat.weight=0.3`) and `cam_loss`: the "
         "methods' own steps with their default configs (`--no-methods` leaves them out); the rig's batch is the "
         "methods' whole training set, so lga's label table holds these 2 × batch rows.",
         "",
@@ -438,7 +439,37 @@ def console_table(res: BenchResult) -> str:
     return "\n".join(out)
 
 
+def as_json(res: BenchResult) -> dict[str, Any]:
+    """The measurements of a benchmark run as plain data (``bench.json`` beside the Markdown report)."""
+    widths = []
+    for wr in res.widths:
+        pl = wr.timings.get("pseudo_label")
+        pl_mem = wr.profiles.get("pseudo_label", StepProfile()).peak_bytes if wr.profiles else None
+        steps = []
+        for st in wr.types:
+            tm = wr.timings.get(st.key)
+            if tm is None or not tm.wall:
+                continue
+            mem = wr.profiles.get(st.key, StepProfile()).peak_bytes if wr.profiles else None
+            steps.append({
+                "key": st.key, "label": st.label, "kind": st.kind, "layer": st.layer, "mode": st.mode,
+                "images": st.images, "median_s": tm.median, "iqr_s": tm.iqr, "cpu_median_s": tm.cpu_median,
+                "images_per_s": st.images / tm.median if st.images else None,
+                "x_pseudo_label": tm.median / pl.median if pl is not None and pl.wall else None,
+                "peak_bytes": mem, "memory_x_pseudo_label": mem / pl_mem if mem and pl_mem else None,
+            })
+        widths.append({"width": wr.width, "channels_last": wr.channels_last, "steps": steps})
+    checks = [{"kind": c.kind, "what": c.what, "limit": c.limit, "at_most": c.at_most, "measured": c.measured,
+               "met": c.ok}
+              for c in targets(res)] if any(w.width == res.target_width for w in res.widths) else []
+    return {"format": "camssl-bench", "version": 1, "command": res.options.command, "device": str(res.device),
+            "machine": res.machine, "data": res.data, "seconds": res.seconds, "pending": res.pending,
+            "target_width": res.target_width, "widths": widths, "checks": checks}
+
+
 def write_report(res: BenchResult) -> Path:
+    """The Markdown report (``--out``) and its measurements as JSON beside it (same name, ``.json``)."""
     path = Path(res.options.out)
     io.write_text(path, render(res, keep=io.kept_section(path, E2E_BEGIN, E2E_END)))
+    io.write_json(path.with_suffix(".json"), as_json(res))
     return path

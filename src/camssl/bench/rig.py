@@ -172,7 +172,7 @@ class CaptumReference(Method):
         cfg = self.cfg
         n_l = batch.x_l.shape[0]
         size = (batch.x_u.shape[2], batch.x_u.shape[3])
-        labeled, anchor, strong = ctx.ssl_views(batch, cfg.anchor)
+        labeled, anchor, strong = ctx.ssl_views(batch, cfg.pseudo.anchor)
         with torch.no_grad():
             probs = F.softmax(ctx.model(anchor.images).float(), dim=1)
         classes = probs.argmax(1)
@@ -185,8 +185,9 @@ class CaptumReference(Method):
         map_strong = self.layer_gradcam.attribute(strong.images, target=classes, relu_attributions=True,
                                                   grad_kwargs=grad_kwargs)
         target, pred, valid = aligned_maps(map_anchor.detach()[:, 0], map_strong[:, 0], anchor.theta, strong.theta, size)
-        loss_g = map_distance(target, pred, valid, cfg.norm, cfg.distance).mean()
-        return StepOutput(cfg.alpha * loss_s + cfg.beta * loss_p + cfg.gamma * loss_g)
+        g = cfg.gradcam
+        loss_g = map_distance(target, pred, valid, g.norm, g.distance).mean()
+        return StepOutput(cfg.alpha * loss_s + cfg.pseudo.weight * loss_p + g.weight * loss_g)
 
 
 # ---------------------------------------------------------------- step types
@@ -196,28 +197,33 @@ class CaptumReference(Method):
 class StepType:
     key: str  # e.g. "gradcam@layer3/full"
     label: str  # for tables
-    kind: str  # a method's name (supervised, pseudo_label, gradcam, vat, lga...) | reference | views
+    kind: str  # a registered method's name | reference | views
     layer: str | None = None
     mode: str | None = None
     images: int = 0  # images consumed per step (0: not a training step)
     fields: dict[str, Any] = field(default_factory=dict)  # the method's config fields (other than defaults)
 
 
-# the other methods' step types, timed beside pseudo_label: (key, label, method, config fields)
-METHOD_STEPS = (
-    ("vat", "vat (1 power iteration)", "vat", {}),
-    ("lga/classifier", "lga, classifier scope (closed form, K = 3)", "lga", {"scope": "classifier"}),
-    ("lga/all", "lga, all parameters (one JVP per inner step, K = 3)", "lga", {"scope": "all"}),
-    ("lga+vat", "lga + VAT (the paper's configuration)", "lga", {"vat_weight": 0.3}),
-    ("cam_loss", "cam_loss (L_cam on the labeled batch)", "cam_loss", {}),
-)
+CORE = ("supervised", "pseudo_label")  # always timed: the reference steps of every ratio
+
+
+def method_steps(o: BenchOptions, names: tuple[str, ...] | None = None) -> list[StepType]:
+    """The step variants the registered methods declare (``Method.bench_variants``), or those of ``names``."""
+    from camssl.methods import METHODS
+
+    n = o.batch + o.unlabeled
+    out = []
+    for name in names if names is not None else sorted(set(METHODS) - set(CORE)):
+        m = METHODS[name]
+        for key, fields in m.bench_variants.items():
+            label = key + (f" ({', '.join(f'{k}={v}' for k, v in fields.items())})" if fields else "")
+            out.append(StepType(key, label, name, images=n if m.uses_unlabeled else o.batch, fields=dict(fields)))
+    return out
 
 
 def step_types(o: BenchOptions, captum_ok: bool) -> list[StepType]:
     n = o.batch + o.unlabeled
-    out = [StepType("supervised", "supervised", "supervised", images=o.batch),
-           StepType("pseudo_label", "pseudo_label", "pseudo_label", images=n),
-           StepType("views", "views only (augmentation of a pseudo_label step)", "views")]
+    out = [*method_steps(o, CORE), StepType("views", "views only (augmentation of a pseudo_label step)", "views")]
     for layer in o.layers:
         for mode in o.modes:
             closed = " (closed form)" if layer == "layer4" else ""
@@ -226,19 +232,20 @@ def step_types(o: BenchOptions, captum_ok: bool) -> list[StepType]:
             out.append(StepType(f"reference@{layer}", f"reference (captum) @ {layer} full", "reference", layer,
                                 "full", n))
     if o.methods:
-        for key, label, method, fields in METHOD_STEPS:
-            uses_u = key != "cam_loss"
-            out.append(StepType(key, label, method, images=n if uses_u else o.batch, fields=dict(fields)))
+        out += method_steps(o)
     return out
 
 
 def build_step(rig: Rig, st: StepType, model: nn.Module | None = None) -> Callable[[bool], None]:
     from camssl.methods import METHODS
 
-    gradcam = METHODS["gradcam"].Config(layers=[st.layer or "layer3"], grad_mode=st.mode or "full")
+    from camssl.methods.config import method_config
+
+    gradcam = method_config("gradcam", gradcam={"layers": [st.layer or "layer3"], "grad_mode": st.mode or "full"})
     if st.kind == "views":
-        return rig.views_step(gradcam.anchor)
+        return rig.views_step(gradcam.pseudo.anchor)
     if st.kind == "reference":
-        return rig.train_step(CaptumReference(gradcam, model if model is not None else rig.model, gradcam.layers[0]), model)
-    cfg = gradcam if st.kind == "gradcam" else METHODS[st.kind].Config(**st.fields)
+        return rig.train_step(CaptumReference(gradcam, model if model is not None else rig.model, st.layer or "layer3"),
+                              model)
+    cfg = gradcam if st.layer is not None else method_config(st.kind, **st.fields)
     return rig.train_step(METHODS[st.kind](cfg), model)

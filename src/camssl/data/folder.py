@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from camssl.data import images
+import camssl.data.images as images
 from camssl.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, ImageSet, RawSource
 from camssl.errors import DataError
 

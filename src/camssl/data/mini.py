@@ -19,7 +19,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from camssl.data import images
+import camssl.data.images as images
 from camssl.data.images import ImageSet, RawSource
 from camssl.errors import DataError
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camssl.data import cifar
+import camssl.data.cifar as cifar
 from camssl.data.cache import CacheSpot, cache_key, default_cache_dir
 from camssl.data.folder import check_same_classes, decode_folder, scan_folder
 from camssl.data.images import ImageSet, RawSource, unreadable_image_error

@@ -45,6 +45,16 @@ class _IntermixedParser(argparse.ArgumentParser):
             self._busy = False
 
 
+def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """``camssl sweep`` and ``camssl table``."""
+    p = sub.add_parser("sweep", parents=parents, help="run a grid of training runs (resumable; Table I of the paper)")
+    add_sweep_arguments(p)
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("table", parents=parents, help="Table I/II, paired CIs and Figure 3 of a sweep")
+    add_table_arguments(p)
+    p.set_defaults(func=cmd_table)
+
+
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``camssl sweep SPEC --out DIR [--jobs N | --launcher slurm ...] [section.key=value ...]``
     and of ``camssl sweep DIR --status``."""

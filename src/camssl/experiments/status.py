@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from camssl.errors import UserError
-from camssl.experiments import slurm
+import camssl.experiments.slurm as slurm
 from camssl.experiments.runner import brief, progress, read_result, sweep_busy
 
 STATES = ("finished", "running", "queued", "failed", "interrupted", "not started", "unknown")

@@ -22,7 +22,7 @@ import pkgutil
 
 from camssl.errors import ConfigError
 from camssl.methods.base import Batch, Method, RunInfo, StepContext, StepOutput, register
-from camssl.methods.config import METHODS
+from camssl.methods.base import METHODS
 
 
 def _import_builtin() -> None:

@@ -23,6 +23,7 @@ model, ``uses_unlabeled`` honoured, and an exact resume.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,69 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camssl.methods.config import METHODS, MethodConfig
+from camssl.checks import at_least
+from camssl.errors import ConfigError
 
 if TYPE_CHECKING:
     from camssl.augment import Augmenter, View
     from camssl.data import Split
     from camssl.distributed import Dist
+
+
+METHODS: dict[str, type[Method]] = {}  # the registry: name -> method class (filled by register)
+
+# keys of the single-level method configs before each loss component got its own section
+RENAMED = {
+    "beta": "pseudo.weight", "threshold": "pseudo.threshold", "anchor": "pseudo.anchor",
+    "gamma": "gradcam.weight", "layers": "gradcam.layers", "grad_mode": "gradcam.grad_mode",
+    "norm": "gradcam.norm", "distance": "gradcam.distance", "gamma_rampup_epochs": "gradcam.ramp_epochs",
+    "skip_blank_targets": "gradcam.skip_blank_targets",
+    "cam_weight": "cam.weight", "cam_warmup_epochs": "cam.ramp_epochs", "cam_warmup": "cam.ramp",
+    "cam_norm": "cam.norm", "cam_target": "cam.target", "cam_threshold": "cam.threshold",
+    "cam_unlabeled": "cam.unlabeled",
+    "vat_weight": "vat.weight", "vat_eps": "vat.eps", "vat_xi": "vat.xi", "vat_power_iters": "vat.power_iters",
+    "entmin_weight": "vat.entmin_weight", "rampup_epochs": "vat.ramp_epochs",
+}
+
+
+@dataclass
+class MethodConfig:
+    """The fields every method has; each method declares a subclass with its own fields and sections."""
+
+    name: str = "supervised"
+    alpha: float = 1.0  # weight of the supervised loss L_S
+
+    RENAMED: ClassVar[dict[str, str]] = RENAMED
+
+    def validate(self) -> None:
+        """Check the values (ConfigError naming the key); sections check their own fields."""
+        at_least("method.alpha", self.alpha, 0)
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
+                section.validate(f"method.{f.name}")
+
+    def cam_layers(self) -> list[str]:
+        """The layers whose class activation maps the method trains on (its sections' ``map_layers()``)."""
+        sections = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return list(dict.fromkeys(name for s in sections if hasattr(s, "map_layers") for name in s.map_layers()))
+
+    @classmethod
+    def resolve_config_class(cls, value: dict[str, Any], current: Any) -> type[MethodConfig]:
+        """The config class of the method a ``method:`` section names (its ``name``, else the current one's)."""
+        return method_config_class(value.get("name", getattr(current, "name", MethodConfig.name)))
+
+    @classmethod
+    def config_scope(cls) -> str:
+        return f" for method {cls().name}"
+
+
+def method_config_class(name: Any) -> type[MethodConfig]:
+    """The config dataclass of the method called ``name``; ConfigError naming the methods if unknown."""
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(f"method.name={name!r} is unknown; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name].Config
+
 
 
 @dataclass

@@ -38,8 +38,7 @@ from camssl.cam import NORMALIZATIONS, cam_layer, fc_weight
 from camssl.checks import at_least, positive
 from camssl.errors import ConfigError, UserError
 from camssl.losses import caam_matching, logit_kd, teacher_cams
-from camssl.methods.base import Batch, Method, RunInfo, StepContext, StepOutput, register
-from camssl.methods.config import MethodConfig
+from camssl.methods.base import Batch, Method, MethodConfig, RunInfo, StepContext, StepOutput, register
 from camssl.models.saved import fingerprint
 
 

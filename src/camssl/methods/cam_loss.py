@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from camssl.methods.base import Batch, Method, StepContext, StepOutput, register
+from camssl.methods.base import Batch, Method, MethodConfig, StepContext, StepOutput, register
 from camssl.methods.cam_term import CamSettings, CamTerm
-from camssl.methods.config import MethodConfig
 
 
 @dataclass

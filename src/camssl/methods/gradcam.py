@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from camssl.methods.base import register
+from camssl.methods.base import MethodConfig, register
 from camssl.methods.cam_term import CamTerm, CamSettings
-from camssl.methods.config import MethodConfig
 from camssl.methods.gradcam_term import GradCAMSettings, GradCAMTerm
 from camssl.methods.parts import PseudoSettings
 from camssl.methods.ssl import SemiSupervised

@@ -41,8 +41,7 @@ from camssl.errors import ConfigError
 from camssl.label_alignment import (DISTANCES, SCOPES, ClassifierGradient, ParameterGradient, align_labels,
                                     classifier_input, find_classifier)
 from camssl.losses import frozen_bn_stats, soft_cross_entropy
-from camssl.methods.base import Batch, Method, RunInfo, StepContext, StepOutput, register
-from camssl.methods.config import RENAMED, MethodConfig
+from camssl.methods.base import RENAMED, Batch, Method, MethodConfig, RunInfo, StepContext, StepOutput, register
 from camssl.methods.parts import ramp
 from camssl.methods.state import SampleTable
 from camssl.methods.vat_term import VATSettings, vat_terms

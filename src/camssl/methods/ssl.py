@@ -21,8 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from camssl.augment import View
-from camssl.methods.base import Batch, Method, StepContext, StepOutput
-from camssl.methods.config import MethodConfig
+from camssl.methods.base import Batch, Method, MethodConfig, StepContext, StepOutput
 from camssl.methods.parts import PseudoLabels, pseudo_labels, pseudo_loss, unlabeled_diagnostics
 
 

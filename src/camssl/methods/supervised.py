@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from camssl.methods.base import Batch, Method, StepContext, StepOutput, register
-from camssl.methods.config import MethodConfig
+from camssl.methods.base import Batch, Method, MethodConfig, StepContext, StepOutput, register
 
 
 @dataclass

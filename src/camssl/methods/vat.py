@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from camssl.methods.base import Batch, Method, StepContext, StepOutput, register
-from camssl.methods.config import MethodConfig
+from camssl.methods.base import Batch, Method, MethodConfig, StepContext, StepOutput, register
 from camssl.methods.vat_term import VATSettings, vat_terms
 
 
