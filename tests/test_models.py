@@ -43,11 +43,11 @@ def _manual_stages(model: CamNet, x: Tensor) -> dict[str, Tensor]:
 
 
 def test_model_names_cover_all_builders() -> None:
-    assert MODEL_NAMES == ("resnet18", "resnet34", "resnet50", "resnet50_imagenet", "wrn28_2")
-    assert set(CASES) == set(MODEL_NAMES)
+    assert MODEL_NAMES == ("resnet18", "resnet34", "resnet50", "resnet50_imagenet", "wrn28_2", "airnet")
+    assert set(CASES) | {"airnet"} == set(MODEL_NAMES)  # airnet: tests/test_airnet.py
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_taps_shapes_and_values(name: str) -> None:
     width, size, spatial, channels = CASES[name]
     model = _model(name)
@@ -66,7 +66,7 @@ def test_taps_shapes_and_values(name: str) -> None:
         torch.testing.assert_close(feats[stage], manual[stage], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_cam_layer_feeds_fc_directly(name: str) -> None:
     model = _model(name)
     expected_cam = "features" if name == "wrn28_2" else "layer4"
@@ -86,7 +86,7 @@ def test_wrn_features_is_bn_then_activation() -> None:
 
 
 def test_no_inplace_activations() -> None:
-    for name in MODEL_NAMES:
+    for name in CASES:
         model = _model(name)
         assert not any(getattr(m, "inplace", False) for m in model.modules()), name
 
@@ -121,7 +121,7 @@ def test_unknown_tap_raises_config_error(bad: str) -> None:
     assert all(not m._forward_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_check_layer_accepts_stages_and_module_paths(name: str) -> None:
     model = _model(name)
     for layer in (*model.stages, model.example_tap, "fc"):

@@ -1,4 +1,4 @@
-"""What machine this is: CPU model, usable cores, and how fast it trains (for run headers, sweeps and benchmarks)."""
+"""What machine this is: CPU model, usable cores, native bf16, training speed (run headers, sweeps, benchmarks)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+_CPUINFO = Path("/proc/cpuinfo")
+# x86 flags of instructions that compute in bf16 natively (AVX512-BF16; AMX tiles with AMX-BF16).
+# Without them oneDNN still runs bf16, by converting to fp32 (emulated, often slower than fp32).
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def cpu_name() -> str:
@@ -27,6 +32,56 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def _cpu_flags(cpuinfo: str | None) -> set[str] | None:
+    """Flags every processor in ``cpuinfo`` (default: /proc/cpuinfo) reports; None if unreadable or none listed."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = _CPUINFO.read_text()
+        except OSError:
+            return None
+    per_cpu = [set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines()
+               if line.split(":", 1)[0].strip() == "flags" and ":" in line]
+    return set.intersection(*per_cpu) if per_cpu else None
+
+
+def _native_bf16_flags(flags: set[str]) -> list[str]:
+    found = [flag for flag in _BF16_FLAGS if flag in flags]
+    if "amx_bf16" in found and "amx_tile" not in flags:
+        found.remove("amx_bf16")
+    return found
+
+
+def native_bf16_cpu(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively: AVX512-BF16 or AMX-BF16 (with AMX tiles) in its cpuinfo flags.
+
+    Args:
+        cpuinfo: the text of /proc/cpuinfo to judge (for tests); None reads /proc/cpuinfo.
+
+    Returns:
+        True only where every listed processor has ``avx512_bf16``, or ``amx_bf16`` and
+        ``amx_tile``; False elsewhere, including where bf16 would be emulated (AVX-512 or AVX2
+        without those flags), and where /proc/cpuinfo is unreadable or has no x86 ``flags``
+        (non-Linux, ARM: camssl's choice, conservative).
+    """
+    flags = _cpu_flags(cpuinfo)
+    return flags is not None and bool(_native_bf16_flags(flags))
+
+
+def cpu_bf16_reason(cpuinfo: str | None = None) -> str:
+    """One phrase for the run header: the CPU precision :func:`native_bf16_cpu` implies, and why.
+
+    E.g. ``"bf16 autocast (avx512_bf16)"`` or
+    ``"fp32 (no native bf16: no avx512_bf16/amx_bf16 in /proc/cpuinfo)"``.
+    """
+    flags = _cpu_flags(cpuinfo)
+    if flags is None:
+        return "fp32 (no native bf16: no CPU flags in /proc/cpuinfo, or it is unreadable)"
+    found = _native_bf16_flags(flags)
+    if found:
+        return f"bf16 autocast ({', '.join(found)})"
+    return "fp32 (no native bf16: no avx512_bf16/amx_bf16 in /proc/cpuinfo)"
 
 
 def plain_step_seconds(model: torch.nn.Module, batch: int, image_size: tuple[int, int], device: torch.device,
