@@ -43,13 +43,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import kornia.enhance
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camssl.errors import ConfigError
+from camssl.checks import check_bool, in_range, integer_at_least, invalid, numbers, one_of
+from camssl.geometry import carry, compose, invert, to_unit, warp
+from camssl.randaugment import RandAugmentConfig, rand_augment
+
+__all__ = ["AugmentConfig", "Augmenter", "StrongAugConfig", "View", "WeakAugConfig", "carry", "compose", "invert"]
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
@@ -71,7 +76,12 @@ class WeakAugConfig:
 
 @dataclass
 class StrongAugConfig:
-    """Zoom-in crop, rotation, flip and colour jitter."""
+    """The strong view: camssl's zoom-in crop, rotation, flip and colour jitter, or RandAugment + Cutout."""
+
+    policy: Literal["auto", "camssl", "randaugment"] = "auto"
+    """``camssl``: the fields below; ``randaugment``: FixMatch's RandAugment + Cutout
+    (``augment.randaugment``, :mod:`camssl.randaugment`); ``auto``: the method's own
+    (``Method.strong_policy``: randaugment for fixmatch, camssl for the others)."""
 
     scale: tuple[float, float] = (0.6, 1.0)
     """Side of the crop window relative to the image side, drawn uniformly from ``[a, b]``."""
@@ -101,66 +111,32 @@ class AugmentConfig:
 
     weak: WeakAugConfig = field(default_factory=WeakAugConfig)
     strong: StrongAugConfig = field(default_factory=StrongAugConfig)
+    randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
     mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
     def validate(self) -> None:
         """Raise :class:`~camssl.errors.ConfigError` naming the first invalid field."""
         w, s = self.weak, self.strong
-        if isinstance(w.translate_px, bool) or not isinstance(w.translate_px, int) or w.translate_px < 0:
-            _invalid("augment.weak.translate_px", w.translate_px, "must be an integer >= 0")
-        _check_bool("augment.weak.flip", w.flip)
-        _check_padding("augment.weak.padding_mode", w.padding_mode)
+        integer_at_least("augment.weak.translate_px", w.translate_px, 0)
+        check_bool("augment.weak.flip", w.flip)
+        one_of("augment.weak.padding_mode", w.padding_mode, PADDING_MODES)
 
-        scale = _floats("augment.strong.scale", s.scale, 2)
+        scale = numbers("augment.strong.scale", s.scale, 2)
         if not 0.0 < scale[0] <= scale[1]:
-            _invalid("augment.strong.scale", s.scale, "must be a pair (a, b) with 0 < a <= b")
-        _check_range("augment.strong.translate", s.translate, 0.0, math.inf)
-        _check_range("augment.strong.rotate_deg", s.rotate_deg, 0.0, 180.0)
-        _check_bool("augment.strong.flip", s.flip)
+            raise invalid("augment.strong.scale", s.scale, "must be a pair (a, b) with 0 < a <= b")
+        in_range("augment.strong.translate", s.translate, 0.0, math.inf)
+        in_range("augment.strong.rotate_deg", s.rotate_deg, 0.0, 180.0)
+        check_bool("augment.strong.flip", s.flip)
         for name in ("brightness", "contrast", "saturation"):
-            _check_range(f"augment.strong.{name}", getattr(s, name), 0.0, math.inf)
-        _check_range("augment.strong.hue", s.hue, 0.0, 0.5)
-        _check_padding("augment.strong.padding_mode", s.padding_mode)
+            in_range(f"augment.strong.{name}", getattr(s, name), 0.0, math.inf)
+        in_range("augment.strong.hue", s.hue, 0.0, 0.5)
+        one_of("augment.strong.padding_mode", s.padding_mode, PADDING_MODES)
+        self.randaugment.validate()
 
-        _floats("augment.mean", self.mean, 3)
-        if any(v <= 0.0 for v in _floats("augment.std", self.std, 3)):
-            _invalid("augment.std", self.std, "must be three numbers > 0")
-
-
-def _invalid(name: str, value: object, rule: str) -> None:
-    raise ConfigError(f"{name}={value!r} is invalid: {rule}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_range(name: str, value: object, lo: float, hi: float) -> None:
-    if not _is_number(value) or not lo <= value <= hi:  # type: ignore[operator]
-        bounds = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
-        _invalid(name, value, f"must be a number {bounds}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        _invalid(name, value, "must be true or false")
-
-
-def _check_padding(name: str, value: object) -> None:
-    if value not in PADDING_MODES:
-        _invalid(name, value, f"must be one of {', '.join(PADDING_MODES)}")
-
-
-def _floats(name: str, value: object, n: int) -> tuple[float, ...]:
-    if (
-        isinstance(value, (str, bytes))
-        or not isinstance(value, Sequence)
-        or len(value) != n
-        or not all(_is_number(v) for v in value)
-    ):
-        _invalid(name, value, f"must be a list of {n} finite numbers")
-    return tuple(float(v) for v in value)  # type: ignore[union-attr]
+        numbers("augment.mean", self.mean, 3)
+        if any(v <= 0.0 for v in numbers("augment.std", self.std, 3)):
+            raise invalid("augment.std", self.std, "must be three numbers > 0")
 
 
 @dataclass
@@ -175,69 +151,24 @@ class View:
     """``B`` bool: whether ``theta`` includes a horizontal flip."""
 
 
-def _homogeneous(theta: Tensor) -> Tensor:
-    bottom = torch.zeros_like(theta[..., :1, :])
-    bottom[..., 0, 2] = 1.0
-    return torch.cat([theta, bottom], dim=-2)
-
-
-def compose(theta_a: Tensor, theta_b: Tensor) -> Tensor:
-    """``theta_a ∘ theta_b`` for ``B×2×3`` affines: a point is mapped by ``theta_b``, then ``theta_a``."""
-    return (_homogeneous(theta_a) @ _homogeneous(theta_b))[..., :2, :]
-
-
-def invert(theta: Tensor) -> Tensor:
-    """Inverse of ``B×2×3`` affines."""
-    linear_inv = torch.linalg.inv(theta[..., :2])
-    return torch.cat([linear_inv, -linear_inv @ theta[..., 2:]], dim=-1)
-
-
-def carry(
-    maps: Tensor,
-    dst_theta: Tensor,
-    out_size: tuple[int, int],
-    src_theta: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Carry spatial maps from the frame of one view into the frame of another.
-
-    Args:
-        maps: ``B×C×h×w`` maps (any resolution and float dtype) in the coordinates of the view
-            with ``src_theta``.
-        dst_theta: ``B×2×3`` theta of the destination view.
-        out_size: ``(H, W)`` of the result, usually the input resolution.
-        src_theta: ``B×2×3`` theta of the view the maps live in; ``None`` for the original image.
-
-    Returns:
-        ``(carried, valid)``, both float32: ``carried`` is ``B×C×H×W``, bilinearly sampled
-        (border padding, differentiable w.r.t. ``maps``); ``valid`` is ``B×1×H×W``, 1 where the
-        destination pixel's centre maps inside the source view (``|u| <= 1`` and ``|v| <= 1``)
-        and 0 elsewhere.  With an identity relative transform ``carried`` equals
-        ``F.interpolate(maps, out_size, mode="bilinear", align_corners=False)``.
-    """
-    maps = maps.float()
-    rel = dst_theta.to(device=maps.device, dtype=torch.float32)
-    if src_theta is not None:
-        rel = compose(invert(src_theta.to(device=maps.device, dtype=torch.float32)), rel)
-    size = (maps.shape[0], maps.shape[1], *out_size)
-    grid = F.affine_grid(rel, list(size), align_corners=False)
-    carried = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    valid = (grid.abs() <= 1.0 + 1e-6).all(dim=-1).unsqueeze(1).float()
-    return carried, valid
-
-
 class Augmenter:
-    """Makes original, weak and strong views of uint8 image batches, all batched on-device."""
+    """Makes original, weak and strong views of uint8 image batches, all batched on-device.
 
-    def __init__(self, cfg: AugmentConfig, device: torch.device | str = "cpu") -> None:
+    ``method_policy``: the strong view ``augment.strong.policy=auto`` stands for (the run's
+    method's ``strong_policy``; camssl's when not given).
+    """
+
+    def __init__(self, cfg: AugmentConfig, device: torch.device | str = "cpu", method_policy: str = "camssl") -> None:
         cfg.validate()
         self.cfg = cfg
         self.device = torch.device(device)
+        self.strong_policy = method_policy if cfg.strong.policy == "auto" else cfg.strong.policy
         self._mean = torch.tensor(cfg.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(cfg.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
     def normalize(self, x: Tensor) -> Tensor:
         """uint8 (or ``[0, 1]`` float) ``B×3×H×W`` images -> normalized float32."""
-        return self._normalize01(_to_unit(x))
+        return self._normalize01(to_unit(x))
 
     def denormalize(self, images: Tensor) -> Tensor:
         """Normalized images -> float32 in ``[0, 1]`` for visualisation."""
@@ -254,7 +185,7 @@ class Augmenter:
     def weak(self, x: Tensor, gen: torch.Generator) -> View:
         """Integer-pixel random shift (pad-and-crop) and horizontal flip."""
         cfg = self.cfg.weak
-        x01 = _to_unit(x)
+        x01 = to_unit(x)
         b, _, h, w = x01.shape
         t = cfg.translate_px
         shift = torch.randint(-t, t + 1, (b, 2), generator=gen, device=gen.device).to(x01.device)
@@ -265,13 +196,20 @@ class Augmenter:
         theta[:, 1, 1] = 1.0
         theta[:, 0, 2] = shift[:, 0] * (2.0 / w)
         theta[:, 1, 2] = shift[:, 1] * (2.0 / h)
-        images = _warp(x01, theta, cfg.padding_mode)
+        images = warp(x01, theta, cfg.padding_mode)
         return View(self._normalize01(images), theta, flip)
 
     def strong(self, x: Tensor, gen: torch.Generator) -> View:
+        """The strong view of the run's policy: camssl's (:meth:`strong_camssl`) or RandAugment + Cutout."""
+        if self.strong_policy == "randaugment":
+            images, theta, flip = rand_augment(x, gen, self.cfg.randaugment)
+            return View(self._normalize01(images), theta, flip)
+        return self.strong_camssl(x, gen)
+
+    def strong_camssl(self, x: Tensor, gen: torch.Generator) -> View:
         """Zoom-in crop, rotation, flip, then colour jitter (brightness, contrast, saturation, hue)."""
         cfg = self.cfg.strong
-        x01 = _to_unit(x)
+        x01 = to_unit(x)
         b, _, h, w = x01.shape
         # One draw of fixed width, so the geometry for a given seed does not depend on which
         # colour jitters are enabled.
@@ -293,7 +231,7 @@ class Augmenter:
         theta[:, 1, 1] = scale * cos
         theta[:, :, 2] = centre
 
-        images = _warp(x01, theta, cfg.padding_mode)
+        images = warp(x01, theta, cfg.padding_mode)
         images = self._jitter(images, u[:, 4:8])
         return View(self._normalize01(images), theta, flip)
 
@@ -316,25 +254,9 @@ class Augmenter:
         return (x01 - self._mean.to(x01.device)) / self._std.to(x01.device)
 
 
-def _to_unit(x: Tensor) -> Tensor:
-    """Check the image batch's shape and return it as float32 in ``[0, 1]``."""
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected images of shape B×3×H×W, got {tuple(x.shape)}")
-    if x.dtype == torch.uint8:
-        return x.float() / 255.0
-    if x.is_floating_point():
-        return x.float()
-    raise TypeError(f"expected uint8 or float images, got {x.dtype}")
-
-
 def _draw_flip(b: int, enabled: bool, gen: torch.Generator) -> Tensor:
     coin = torch.rand(b, generator=gen, device=gen.device) < 0.5
     return coin if enabled else torch.zeros_like(coin)
-
-
-def _warp(x01: Tensor, theta: Tensor, padding_mode: str) -> Tensor:
-    grid = F.affine_grid(theta, list(x01.shape), align_corners=False)
-    return F.grid_sample(x01, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
 def _factor(u: Tensor, strength: float) -> Tensor:

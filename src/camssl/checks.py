@@ -8,6 +8,7 @@ it imports nothing of camssl but the errors.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from camssl.errors import ConfigError
@@ -50,6 +51,27 @@ def in_range(key: str, value: Any, low: float, high: float, *, low_open: bool = 
     if not ok:
         left, right = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
         raise invalid(key, value, f"must be a number in {left}{low:g}, {high:g}{right}")
+
+
+def check_bool(key: str, value: Any) -> None:
+    """``true`` or ``false`` (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise invalid(key, value, "must be true or false")
+
+
+def one_of(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """One of ``choices``."""
+    if value not in choices:
+        raise invalid(key, value, f"must be one of {', '.join(map(str, choices))}")
+
+
+def numbers(key: str, value: Any, n: int) -> tuple[float, ...]:
+    """A list of ``n`` finite numbers, as floats."""
+    ok = not isinstance(value, (str, bytes)) and isinstance(value, Sequence) and len(value) == n
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok:
+        raise invalid(key, value, f"must be a list of {n} finite numbers")
+    return tuple(float(v) for v in value)
 
 
 def fraction(key: str, value: Any) -> None:

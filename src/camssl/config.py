@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from camssl.augment import AugmentConfig
-from camssl.checks import at_least, fraction, positive
+from camssl.checks import at_least, fraction, in_range, integer_at_least, one_of, positive
 from camssl.data import DataConfig, SplitConfig
 from camssl.errors import ConfigError
 from camssl.methods.base import MethodConfig, method_config_class
@@ -47,10 +47,16 @@ class ModelConfig:
     pretrained: str | None = None  # local torchvision/timm state_dict file
     resize_to: int | None = None  # resnet50_imagenet: upsample inputs to this size (paper: 256)
     channels_last: bool = False  # memory format for the model and its inputs
+    widths: list[int] | None = None  # airnet: the three conv-group widths (default: width x 64/256/256)
+    pool: str | None = None  # airnet: "max" (airbench's global max-pool) or "avg" (exact closed-form CAM at layer3)
+    data_init: bool = True  # a model with data-dependent init (airnet's whitening) is set from the training images
+    whiten_bias_epochs: int = 3  # airnet: the whitening bias trains for the first N epochs, then is frozen (airbench)
 
     def build_args(self, num_classes: int) -> dict[str, Any]:
         """The arguments of :func:`camssl.models.build_model` for this model (the checkpoint's ``model_spec``)."""
-        return {"name": self.name, "num_classes": num_classes, "width": self.width, "resize_to": self.resize_to}
+        args = {"name": self.name, "num_classes": num_classes, "width": self.width, "resize_to": self.resize_to}
+        args.update({k: v for k, v in (("widths", self.widths), ("pool", self.pool)) if v is not None})
+        return args
 
 
 @dataclass
@@ -67,9 +73,14 @@ class OptimConfig:
     schedule: Schedule = "cosine"
     warmup_epochs: float = 0.0
     ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.999 evaluates an EMA of the weights
+    ema_every: int = 1  # update the EMA every N steps (airbench's Lookahead: 5)
+    ema_ramp: Literal["none", "cubic"] = "none"  # cubic: decay x (step / total steps)^3 (airbench's Lookahead)
+    lookahead: bool = False  # after each EMA update the model continues from the EMA weights (airbench)
     label_smoothing: float = 0.0
     steps_per_epoch: int = 0  # 0 = labeled images // batch_size; > 0 fixes the budget (active learning)
     no_decay_bn_bias: bool = False  # no weight decay on BatchNorm and bias parameters (FixMatch/USB style)
+    decoupled: bool = False  # lr and weight_decay per 1,024 examples, independent of momentum (airbench's form)
+    bias_lr_scale: float = 1.0  # learning-rate factor of BatchNorm biases, weight decay per step unchanged (airbench: 64)
 
 
 @dataclass
@@ -85,13 +96,14 @@ class TrainConfig:
     labeled_view: ViewName = "weak"  # augmentation of the labeled batch (baseline and SSL alike)
     seed: int = 0  # training seed (init, batch order, augmentation); split.seed picks the split
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU
-    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"  # auto: bf16 where the GPU has it natively, else fp16 (+ grad scaler)
+    amp: bool = True  # mixed precision: bf16/fp16 autocast on CUDA, bf16 on a CPU with native bf16 (else fp32)
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"  # auto: bf16 where the device has it natively, else fp16 on CUDA
     deterministic: bool = False  # torch.use_deterministic_algorithms for bit-exact reruns
     sync_bn: bool = False  # multi-process CUDA runs: synchronise BatchNorm statistics in every step
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
     eval_batch_size: int = 250
     eval_every: int = 1  # validate every N epochs (and always after the last)
+    eval_tta: int = 0  # test-time augmentation of validation and test: 0 none, 1 mirror, 2 mirror + 1-px translate (airbench)
     out_dir: str = "runs"  # parent of run directories when --out is not given
     cam_grid: bool = True  # write a CAM grid at the start and end of a run
     map_layer: str | None = None  # layer of the map diagnostics and CAM grids (None: the method's first map layer, else layer3)
@@ -108,9 +120,7 @@ class TrainConfig:
             raise ConfigError(
                 f"model.name={self.model.name!r} is unknown; choose one of: {', '.join(MODEL_NAMES)}"
             )
-        positive("model.width", self.model.width)
-        if self.model.resize_to is not None:
-            at_least("model.resize_to", self.model.resize_to, 8)
+        self._validate_model()
         self.method.validate()
         o = self.optim
         at_least("optim.epochs", o.epochs, 1)
@@ -124,12 +134,32 @@ class TrainConfig:
         if o.nesterov and o.momentum == 0:
             raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
         fraction("optim.ema_decay", o.ema_decay)
+        integer_at_least("optim.ema_every", o.ema_every, 1)
+        if o.lookahead and o.ema_decay == 0:
+            raise ConfigError("optim.lookahead=true needs an EMA: set optim.ema_decay (airbench: 0.95 ** 5 with "
+                              "optim.ema_every=5 optim.ema_ramp=cubic)")
         fraction("optim.label_smoothing", o.label_smoothing)
+        positive("optim.bias_lr_scale", o.bias_lr_scale)
+        in_range("eval_tta", self.eval_tta, 0, 2)
         at_least("eval_batch_size", self.eval_batch_size, 1)
         at_least("eval_every", self.eval_every, 1)
         at_least("threads", self.threads, 0)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} is invalid: use auto, cpu, cuda or cuda:N")
+
+    def _validate_model(self) -> None:
+        m = self.model
+        positive("model.width", m.width)
+        if m.resize_to is not None:
+            at_least("model.resize_to", m.resize_to, 8)
+        integer_at_least("model.whiten_bias_epochs", m.whiten_bias_epochs, 0)
+        for key in ("widths", "pool"):
+            if getattr(m, key) is not None and m.name != "airnet":
+                raise ConfigError(f"model.{key} is for model.name=airnet only; drop it for {m.name}")
+        if m.widths is not None and (len(m.widths) != 3 or min(m.widths) < 1):
+            raise ConfigError(f"model.widths={m.widths} is invalid: give three group widths >= 1, e.g. [64, 256, 256]")
+        if m.pool is not None:
+            one_of("model.pool", m.pool, ("max", "avg"))
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

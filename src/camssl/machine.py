@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from pathlib import Path
@@ -82,6 +83,30 @@ def cpu_bf16_reason(cpuinfo: str | None = None) -> str:
     if found:
         return f"bf16 autocast ({', '.join(found)})"
     return "fp32 (no native bf16: no avx512_bf16/amx_bf16 in /proc/cpuinfo)"
+
+
+YARDSTICK = "ResNet-18 width 0.5 (batch 64, fp32)"  # the step the issues size CPU budgets by (450 ms on the reference machine)
+REFERENCE_YARDSTICK_MS = 450.0
+
+
+@functools.cache
+def yardstick_ms() -> float | None:
+    """This machine's time (ms) of a plain fp32 training step of ResNet-18 width 0.5 at batch 64 on the CPU.
+
+    camssl's CPU budgets are stated for a machine where this takes 450 ms; a time measured
+    here scales by ``450 / yardstick_ms()``. Measured once per process (about 2 s);
+    ``CAMSSL_YARDSTICK=0`` in the environment skips it (None), e.g. in the test suite.
+    """
+    if os.environ.get("CAMSSL_YARDSTICK", "1") == "0":
+        return None
+    import torch
+
+    from camssl.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("resnet18", 10, width=0.5)
+    return 1000 * plain_step_seconds(model, 64, (32, 32), torch.device("cpu"), budget_s=1.5, max_steps=3)
 
 
 def plain_step_seconds(model: torch.nn.Module, batch: int, image_size: tuple[int, int], device: torch.device,

@@ -53,21 +53,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camssl.augment import (
-    _check_bool,
-    _check_padding,
-    _check_range,
-    _floats,
-    _invalid,
-    _to_unit,
-    _warp,
-    compose,
-)
+from camssl.checks import check_bool, in_range, integer_at_least, invalid, numbers, one_of
+from camssl.geometry import compose, to_unit, warp
+
+PADDING_MODES = ("zeros", "border", "reflection")
 
 __all__ = ["COLOUR_OPS", "GEOMETRIC_OPS", "OPS", "RandAugmentConfig", "rand_augment"]
 
@@ -108,23 +103,23 @@ class RandAugmentConfig:
     padding_mode: str = "zeros"
     """Fill of pixels from outside the image: "zeros" (black), "border" or "reflection"."""
 
+    prefix: ClassVar[str] = "augment.randaugment"  # where the settings sit in a config (for messages)
+
     def validate(self) -> None:
         """Raise :class:`~camssl.errors.ConfigError` naming the first invalid field."""
-        if isinstance(self.n_ops, bool) or not isinstance(self.n_ops, int) or self.n_ops < 1:
-            _invalid("randaugment.n_ops", self.n_ops, "must be an integer >= 1 (FixMatch: 2)")
+        p = self.prefix
+        integer_at_least(f"{p}.n_ops", self.n_ops, 1)
         if isinstance(self.ops, str) or not isinstance(self.ops, tuple | list) or not self.ops \
                 or any(op not in OPS for op in self.ops):
-            _invalid("randaugment.ops", self.ops, f"must be a non-empty list of: {', '.join(OPS)}")
-        _check_range("randaugment.apply_prob", self.apply_prob, 0.0, 1.0)
+            raise invalid(f"{p}.ops", self.ops, f"must be a non-empty list of: {', '.join(OPS)}")
+        in_range(f"{p}.apply_prob", self.apply_prob, 0.0, 1.0)
         for name in ("magnitude", "cutout"):
-            lo, hi = _floats(f"randaugment.{name}", getattr(self, name), 2)
+            lo, hi = numbers(f"{p}.{name}", getattr(self, name), 2)
             if not 0.0 <= lo <= hi <= 1.0:
-                _invalid(f"randaugment.{name}", getattr(self, name), "must be a pair (a, b) with 0 <= a <= b <= 1")
-        t = self.translate_px
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            _invalid("randaugment.translate_px", t, "must be an integer >= 0")
-        _check_bool("randaugment.flip", self.flip)
-        _check_padding("randaugment.padding_mode", self.padding_mode)
+                raise invalid(f"{p}.{name}", getattr(self, name), "must be a pair (a, b) with 0 <= a <= b <= 1")
+        integer_at_least(f"{p}.translate_px", self.translate_px, 0)
+        check_bool(f"{p}.flip", self.flip)
+        one_of(f"{p}.padding_mode", self.padding_mode, PADDING_MODES)
 
 
 @dataclass
@@ -158,13 +153,13 @@ def rand_augment(x: Tensor, gen: torch.Generator,
     """
     cfg = cfg or RandAugmentConfig()
     cfg.validate()
-    x01 = _to_unit(x)
+    x01 = to_unit(x)
     b, _, h, w = x01.shape
     draws = _draw(b, cfg, gen, x01.device)
     theta = _pre_step_theta(draws, h, w)
     for slot in range(cfg.n_ops):
         theta = compose(theta, _op_theta(draws.kinds[:, slot], draws.sign[:, slot] * draws.magnitude[:, slot], h, w))
-    images = _warp(x01, theta, cfg.padding_mode)
+    images = warp(x01, theta, cfg.padding_mode)
     for slot in range(cfg.n_ops):
         for name in dict.fromkeys(cfg.ops):
             if name in COLOUR_OPS:

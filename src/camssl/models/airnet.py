@@ -166,6 +166,14 @@ class AirNet(CamNet):
         self.fc = nn.Linear(widths[2], num_classes, bias=False)
         parametrize.register_parametrization(self.fc, "weight", _Scale(float(logit_scale)))
 
+    def init_from_data(self, images: Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The whitening filters from the first 5,000 of ``images`` (:func:`init_whitening`)."""
+        init_whitening(self, images, mean, std)
+
+    def start_epoch(self, epoch: int, whiten_bias_epochs: int = 3) -> None:
+        """The whitening bias trains for the first ``whiten_bias_epochs`` epochs, then is frozen (airbench)."""
+        self.whiten.conv.bias.requires_grad_(epoch < whiten_bias_epochs)
+
     def _forward_impl(self, x: Tensor) -> Tensor:
         x = self.layer3(self.layer2(self.layer1(self.whiten(x))))
         return self.fc(torch.flatten(self.pool(x), 1))

@@ -126,6 +126,12 @@ class CamNet(nn.Module):
         """Logits of an (already resized) image batch."""
         raise NotImplementedError
 
+    def init_from_data(self, images: Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Data-dependent initialisation from training images (none by default; airnet sets its whitening)."""
+
+    def start_epoch(self, epoch: int, whiten_bias_epochs: int = 3) -> None:
+        """Called by the trainer before each epoch (0-based); e.g. airnet freezes its whitening bias."""
+
     def check_layer(self, name: str, key: str | None = None) -> None:
         """Check that ``name`` is a layer of this model: a stage or any (non-empty) module path.
 

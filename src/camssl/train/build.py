@@ -42,15 +42,26 @@ def _same_split(a: Split, b: Split) -> bool:
     return all(torch.equal(getattr(a, part), getattr(b, part)) for part in ("labeled", "unlabeled", "val"))
 
 
-def new_model(cfg: TrainConfig, num_classes: int, device: torch.device, init: Any = None) -> nn.Module:
+def fit_images(images: torch.Tensor, split: Split, n: int = 5000) -> torch.Tensor:
+    """The first ``n`` training images (labeled and unlabeled, never validation) for a data-dependent init."""
+    first = torch.cat([split.labeled, split.unlabeled]).sort().values[:n]
+    return images[first.to(images.device)]
+
+
+def new_model(cfg: TrainConfig, num_classes: int, device: torch.device, init: Any = None,
+              fit_images: torch.Tensor | None = None) -> nn.Module:
     """The model of ``cfg``, initialised from seed ``cfg.seed`` (without touching the global RNG), on ``device``.
 
     ``init``: optional initial weights — a state_dict, or a run directory / checkpoint file.
+    ``fit_images``: training images for a data-dependent init (airnet's whitening; with
+    ``model.data_init``), used when the model has one.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        net = build_model(cfg.model.name, num_classes, width=cfg.model.width, pretrained=cfg.model.pretrained,
-                          resize_to=cfg.model.resize_to)
+        args = cfg.model.build_args(num_classes)
+        net = build_model(args.pop("name"), args.pop("num_classes"), pretrained=cfg.model.pretrained, **args)
+    if fit_images is not None and cfg.model.data_init and hasattr(net, "init_from_data"):
+        net.init_from_data(fit_images, cfg.augment.mean, cfg.augment.std)
     if init is not None:
         net.load_state_dict(_init_weights(init), strict=True)
     net = net.to(device)
@@ -65,6 +76,13 @@ def _init_weights(init: Any) -> dict[str, torch.Tensor]:
     from camssl.models.saved import load_model
 
     return load_model(Path(init)).model.state_dict()
+
+
+def start_epoch(net: nn.Module, epoch: int, cfg: TrainConfig) -> None:
+    """The model's hook before each epoch (airnet freezes its whitening bias after ``model.whiten_bias_epochs``)."""
+    hook = getattr(net, "start_epoch", None)
+    if hook is not None:
+        hook(epoch, cfg.model.whiten_bias_epochs)
 
 
 def check_layers(cfg: TrainConfig, net: nn.Module) -> None:

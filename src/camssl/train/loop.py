@@ -116,7 +116,9 @@ class Trainer:
     def _build_model(self, init: Any) -> None:
         """``net`` is the bare model, ``model`` what the step calls (DDP around ``net`` with several processes)."""
         cfg = self.cfg
-        self.net = build.new_model(cfg, self.num_classes, self.device, init)
+        fresh = init is None and not self.resume
+        self.net = build.new_model(cfg, self.num_classes, self.device, init,
+                                   fit_images=build.fit_images(self.images, self.split) if fresh else None)
         self.method: Method = METHODS[cfg.method.name](cfg.method, label_smoothing=cfg.optim.label_smoothing)
         build.check_layers(cfg, self.net)
         if self.dist.enabled:
@@ -130,12 +132,13 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         cfg, o = self.cfg, self.cfg.optim
-        self.augmenter = Augmenter(cfg.augment, self.device)
-        self.optimizer = torch.optim.SGD(param_groups(self.net, o.weight_decay, o.no_decay_bn_bias), lr=o.lr,
-                                         momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
-        self.ema = EMA(self.net, o.ema_decay) if o.ema_decay > 0 else None
+        self.augmenter = Augmenter(cfg.augment, self.device, method_policy=self.method.strong_policy)
+        self.optimizer = torch.optim.SGD(param_groups(self.net, o), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                         weight_decay=o.weight_decay)
         self.steps_per_epoch = o.steps_per_epoch or max(1, len(self.split.labeled) // o.batch_size)
         self.total_steps = self.steps_per_epoch * o.epochs
+        self.ema = (EMA(self.net, o.ema_decay, every=o.ema_every, ramp=o.ema_ramp, lookahead=o.lookahead,
+                        total_steps=self.total_steps) if o.ema_decay > 0 else None)
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
 
     def _build_streams(self) -> None:
@@ -159,16 +162,15 @@ class Trainer:
 
     def precision(self) -> str:
         """What the training step computes in, for the run header."""
-        return describe(self.stepper.amp_dtype)
+        return describe(self.stepper.amp_dtype, self.device)
 
     # ------------------------------------------------------------ the state of a run, in one place
 
-    def model_spec(self) -> dict[str, Any]:
-        return self.cfg.model.build_args(self.num_classes)
-
-    def preprocess(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint says about its model: the build arguments, the classes and the preprocessing."""
         a = self.cfg.augment
-        return preprocess_spec(tuple(self.images.shape[2:]), a.mean, a.std)
+        return {"model_spec": self.cfg.model.build_args(self.num_classes), "classes": self.classes,
+                "preprocess": preprocess_spec(tuple(self.images.shape[2:]), a.mean, a.std)}
 
     def _rng_state(self) -> dict[str, Any]:
         return {"torch": torch.get_rng_state(), "aug": self.aug_gen.get_state(),
@@ -178,8 +180,7 @@ class Trainer:
         """Everything a resumed run needs (a collective with several processes: every rank calls it)."""
         rng_ranks = self.dist.all_gather_object(self._rng_state())
         return {
-            "format": 2, "model_spec": self.model_spec(), "classes": self.classes, "preprocess": self.preprocess(),
-            "config": self.cfg.to_dict(), "world": self.dist.world,
+            "format": 2, **self.describe(), "config": self.cfg.to_dict(), "world": self.dist.world,
             "model": self.net.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(), "scaler": self.stepper.scaler.state_dict(),
             "rng_ranks": rng_ranks,  # every rank's states (one entry for a single process)
@@ -210,8 +211,7 @@ class Trainer:
         self.state.load_state_dict(state["train_state"])
 
     def _best_weights(self) -> dict[str, Any]:
-        return {"epoch": self.state.epoch, "classes": self.classes, "model": self.eval_model().state_dict(),
-                "model_spec": self.model_spec(), "preprocess": self.preprocess()}
+        return {"epoch": self.state.epoch, "model": self.eval_model().state_dict(), **self.describe()}
 
     def save(self, improved: bool) -> None:
         """last.pt (then best.pt and metrics.jsonl) by rank 0."""
@@ -249,14 +249,16 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         o, s = self.cfg.optim, self.state
         self.model.train()
+        build.start_epoch(self.net, s.epoch, self.cfg)
         sums: dict[str, Tensor] = {}
         loss_sum = torch.zeros((), device=self.device)
         show = self.cfg.progress and self.dist.main
         n_images, t0, bar = 0, time.time(), report.progress_bar(show, self.steps_per_epoch, s.epoch, o.epochs)
         for i in range(self.steps_per_epoch):
-            lr = o.lr * lr_factor(s.step, self.total_steps, o.schedule, self.warmup_steps)
+            factor = lr_factor(s.step, self.total_steps, o.schedule, self.warmup_steps)
             for g in self.optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = g["base_lr"] * factor
+            lr = self.optimizer.param_groups[0]["lr"]
             batch = self.next_batch()
             out = self.stepper(batch, epoch=s.epoch + i / self.steps_per_epoch, step=s.step,
                                check=lambda out, i=i: check_finite(out, self.dist, epoch=s.epoch, step=s.step, i=i,

@@ -53,13 +53,18 @@ def progress_bar(show: bool, steps: int, epoch: int, epochs: int) -> Any:
 def machine_line(net: nn.Module, model_name: str, width: float, batch: int, image_size: tuple[int, int],
                  device: torch.device, precision: str) -> str:
     """The machine's speed for a plain training step of the run's model, so run times can be scaled."""
-    from camssl.machine import cpu_name, plain_step_seconds
+    from camssl.machine import REFERENCE_YARDSTICK_MS, YARDSTICK, cpu_name, plain_step_seconds, yardstick_ms
 
     sec = plain_step_seconds(net, batch, image_size, device)
     n = torch.get_num_threads()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {n} thread{'s' if n != 1 else ''}"
-    return (f"machine: {where}; {precision}; a plain fp32 training step of {model_name} width {width} "
+    line = (f"machine: {where}; trains in {precision}; a plain fp32 training step of {model_name} width {width} "
             f"(batch {batch}) takes {1000 * sec:.0f} ms here ({batch / sec:.0f} img/s)")
+    ms = yardstick_ms() if device.type == "cpu" else None
+    if ms is not None:
+        line += (f"; yardstick {YARDSTICK}: {ms:.0f} ms (times here x {REFERENCE_YARDSTICK_MS / ms:.2f} = on the "
+                 f"{REFERENCE_YARDSTICK_MS:.0f} ms reference machine)")
+    return line
 
 
 def epoch_line(r: dict[str, Any], state: TrainState, epochs: int, log_metrics: tuple[str, ...]) -> str:
@@ -103,10 +108,13 @@ def result_record(state: TrainState, test: dict[str, Any], best_test: dict[str, 
 
 def run_facts(cfg: TrainConfig, split: Split, bundle: DataBundle, device: torch.device, precision: str,
               world: int) -> dict[str, Any]:
-    """What was trained on what, for result.json."""
+    """What was trained on what, for result.json (with the machine's yardstick step, :func:`camssl.machine.yardstick_ms`)."""
+    from camssl.machine import yardstick_ms
+
     return {"n_labeled": len(split.labeled), "n_unlabeled": len(split.unlabeled), "n_val": len(split.val),
             "data": bundle.name, "method": cfg.method.name, "model": cfg.model.name, "device": str(device),
             "precision": precision, "world_size": world, "skipped_images": len(bundle.skipped),
+            "yardstick_ms": yardstick_ms() if device.type == "cpu" else None,
             "config": cfg.to_dict()}
 
 

@@ -103,6 +103,6 @@ class Stepper:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.ema:
-                self.ema.update(self.net)
+                self.ema.update(self.net, step + 1)
         self.method.after_step(ctx, batch, out)
         return out
