@@ -7,7 +7,7 @@ coordinates, ``align_corners=False``), so Grad-CAM maps can be carried between v
 
 What each image gets, in this order:
 
-1. the weak pre-step FixMatch applies before RandAugment: a horizontal flip with probability
+1. the weak pre-step FixMatch-pytorch applies before RandAugment: a horizontal flip with probability
    0.5 and an integer shift in ``[-translate_px, translate_px]`` pixels per axis
    (FixMatch-pytorch ``dataset/cifar.py``: RandomHorizontalFlip, RandomCrop(32, padding 4));
 2. ``n_ops`` ops drawn uniformly, with replacement, from the 14 ops of FixMatch-pytorch's
@@ -20,12 +20,13 @@ What each image gets, in this order:
    32x32 images, grey 127; USB: side uniform in ``[0, 0.5]`` of the width). Cutout moves no
    pixel, so ``theta`` ignores it.
 
-Op strengths at ``m = 1`` are USB's range ends (FixMatch-pytorch reaches the same ends):
-rotate ±30°, shear_x/shear_y ±0.3, translate_x/translate_y ±0.3 of the side (a random
-sign each), posterize to 4 bits, solarize threshold 0 of 256; brightness, color
-(saturation), contrast and sharpness blend with their PIL "degenerate" image (black, grey
-scale, mean grey, 3x3 SMOOTH-filtered) with factor ``1 - 0.95 m`` (USB draws the factor from
-``[0.05, 0.95]``). identity, autocontrast and equalize have no magnitude.
+Op strengths at ``m = 1`` are the ends of USB's ranges (FixMatch-pytorch's pool has the same
+maxima but draws ``v`` in 1..9 of 10, so it reaches at most 90% of them): rotate ±30°,
+shear_x/shear_y ±0.3, translate_x/translate_y ±0.3 of the side (a random sign each),
+posterize to 4 bits, solarize threshold 0 of 256; brightness, color (saturation), contrast
+and sharpness blend with their PIL "degenerate" image (black, grey scale, mean grey, 3x3
+SMOOTH-filtered) with factor ``1 - 0.95 m`` (USB draws the factor from ``[0.05, 0.95]``).
+identity, autocontrast and equalize have no magnitude.
 
 camssl's choices (none of them is FixMatch's or USB's):
 
@@ -34,15 +35,17 @@ camssl's choices (none of them is FixMatch's or USB's):
   ``[0.05, 1]`` and posterize draws 8 - ceil(4 m) bits (4..7 for m in (0, 1], like USB);
 * all geometry (flip, shift, rotate, shear, translate) is composed into ONE affine ``theta``
   and applied with ONE bilinear ``grid_sample``; pixels from outside the image are black
-  (``padding_mode="zeros"``, PIL's fill for rotate/shear/translate; FixMatch pads its shift
-  by reflection). Rotation and shear are about the image centre (PIL's shear is about the
-  top-left corner) and shifts are not rounded to whole pixels;
+  (``padding_mode="zeros"``, PIL's fill for rotate/shear/translate; FixMatch-pytorch pads its
+  pre-step shift by reflection). Rotation and shear are about the image centre (PIL's shear
+  is about the top-left corner); translate_x/y shifts are not rounded to whole pixels
+  (FixMatch-pytorch rounds them; USB does not);
 * the colour ops then run on the warped image in the drawn order, so their statistics
   (autocontrast, contrast, equalize) include the fill, whatever the drawn order was;
 * equalize and posterize quantise to 256 levels first; equalize is PIL's algorithm
   (per-channel 256-bin histogram, cumulative sum, same rounding) on the quantised image;
   the other colour ops work on floats without rounding to 8 bits;
-* Cutout's square is clipped at the border (FixMatch-pytorch shifts it inside instead).
+* Cutout's square is clipped at every border (FixMatch-pytorch and USB keep the full side at
+  the top and left borders and clip only at the bottom and right).
 
 All randomness comes from the caller's generator (drawn on ``gen.device``, then moved to the
 images' device), with a fixed number of draws per call, so a seed gives identical output.
