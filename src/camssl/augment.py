@@ -41,13 +41,11 @@ global RNG is never used.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import kornia.enhance
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from camssl.checks import check_bool, in_range, integer_at_least, invalid, numbers, one_of

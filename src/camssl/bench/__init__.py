@@ -50,7 +50,8 @@ from camssl.bench.options import (
     add_bench_arguments,
     options_from_args,
 )
-from camssl.bench.report import render, write_report
+from camssl.bench.output import as_json, write_report
+from camssl.bench.report import render
 from camssl.bench.results import BenchResult
 from camssl.bench.run import captum_status, run_bench
 
@@ -61,6 +62,7 @@ __all__ = [
     "BenchOptions",
     "BenchResult",
     "add_bench_arguments",
+    "as_json",
     "captum_status",
     "cmd_bench",
     "main",

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from camssl.bench.options import add_bench_arguments, options_from_args
-from camssl.bench.report import console_table, write_report
+from camssl.bench.output import write_report
+from camssl.bench.report import console_table
 from camssl.bench.run import run_bench
 from camssl.errors import UserError
 

@@ -61,6 +61,7 @@ class BenchOptions:
     methods: bool = True  # vat, lga (both scopes), lga + VAT and cam_loss beside pseudo_label
     memory: bool = True
     experiments: bool = True
+    precision: bool = True  # fp32 vs bf16 autocast per method on the fast preset's model (CPU)
     compile: bool = True
     exp_reps: int = 6
     threads: int = 0  # 0 = auto (measure, keep the faster)
@@ -93,6 +94,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the peak-memory and profile step")
     p.add_argument("--no-experiments", dest="experiments", action="store_false", default=True,
                    help="skip 'what we tried' (memory layout, threads, torch.compile)")
+    p.add_argument("--no-precision", dest="precision", action="store_false", default=True,
+                   help="skip fp32 vs bf16 autocast per method on the fast preset's model (CPU only)")
     p.add_argument("--no-compile", dest="compile", action="store_false", default=True,
                    help="skip the torch.compile experiment (it compiles for minutes on a small CPU)")
     p.add_argument("--exp-reps", type=int, default=None, help="repetitions of each experiment [6]")
@@ -131,7 +134,7 @@ def options_from_args(args: argparse.Namespace, command: str | None = None) -> B
         o.layers = _parse_list("--layers", args.layers, str)
     if given("modes") is not None:
         o.modes = _parse_list("--modes", args.modes, str)
-    for name in ("reference", "methods", "memory", "experiments"):
+    for name in ("reference", "methods", "memory", "experiments", "precision"):
         setattr(o, name, getattr(args, name, getattr(o, name)))
     o.compile = o.compile and getattr(args, "compile", True)
     if given("channels_last") is not None:

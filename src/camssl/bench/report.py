@@ -5,13 +5,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from camssl import io
 from camssl.bench.measure import PHASES, StepProfile, Timing, flop_model
 from camssl.bench.options import (
     E2E_BEGIN,
@@ -169,10 +166,27 @@ def op_diff(wr: WidthResult, key: str, top: int = 8) -> list[str]:
 
 
 def render(res: BenchResult, keep: str | None = None) -> str:
-    o = res.options
-    m = res.machine
+    """The whole Markdown report; ``keep``: the hand-written end-to-end section of the file it replaces."""
     checks = targets(res)
     wt = next(w for w in res.widths if w.width == res.target_width)
+    lines = _machine_section(res) + _method_section(res, wt) + _targets_section(res, checks)
+    for wr in res.widths:
+        lines += [f"## Step cost — ResNet-18 width {wr.width:g}", ""]
+        lines += width_table(res, wr)
+        lines.append("")
+    lines += explain(res, wt, checks)
+    lines += experiments_md(res)
+    lines += ["## End to end: the `cpu` preset on CIFAR-10 (real runs)", "", E2E_BEGIN]
+    lines += [keep.strip("\n") if keep else E2E_PLACEHOLDER.rstrip("\n"), E2E_END, ""]
+    return "\n".join(lines + _gpu_section(res, wt)) + "\n"
+
+
+def _amp_text(res: BenchResult) -> str:
+    return "bf16 autocast" if res.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32 (no autocast)"
+
+
+def _machine_section(res: BenchResult) -> list[str]:
+    o, m = res.options, res.machine
     lines = [
         "# Benchmarks: what a training step costs",
         "",
@@ -193,11 +207,13 @@ def render(res: BenchResult, keep: str | None = None) -> str:
     if "load" in m:
         lines.append(f"- Load average (1/5/15 min): {m['load']} — the machine is shared, so absolute times "
                      "drift with the load; the ratios below are measured in one process, interleaved.")
-    lines += [f"- Run took {res.seconds / 60:.1f} min on {time.strftime('%Y-%m-%d %H:%M %Z')}.", ""]
+    return lines + [f"- Run took {res.seconds / 60:.1f} min on {time.strftime('%Y-%m-%d %H:%M %Z')}.", ""]
 
-    layout = "channels_last" if wt.channels_last else "contiguous"
-    amp = "bf16 autocast" if res.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32 (no autocast)"
-    lines += [
+
+def _method_section(res: BenchResult, wt: WidthResult) -> list[str]:
+    o = res.options
+    layout, amp = "channels_last" if wt.channels_last else "contiguous", _amp_text(res)
+    lines = [
         "## How it is measured",
         "",
         f"- Model: {MODEL} with the CIFAR stem (3×3 conv, no max-pool), {NUM_CLASSES} classes, widths "
@@ -241,8 +257,11 @@ def render(res: BenchResult, keep: str | None = None) -> str:
     ]
     if res.captum is not None and o.reference:
         lines += [f"> The reference was not measured: {res.captum}.", ""]
+    return lines
 
-    lines += [f"## Targets (ResNet-18 width {res.target_width:g}, ratios of medians from this run)", ""]
+
+def _targets_section(res: BenchResult, checks: list[Check]) -> list[str]:
+    lines = [f"## Targets (ResNet-18 width {res.target_width:g}, ratios of medians from this run)", ""]
     if checks:
         rows = [(c.what, c.limit_text, c.measured_text, f"± {c.noise:.3f}" if c.noise is not None else "—",
                  f"{c.cpu:.3f}" if c.cpu is not None else "—", f"{c.model:.2f}" if c.model is not None else "—",
@@ -263,15 +282,12 @@ def render(res: BenchResult, keep: str | None = None) -> str:
         "*CPU-time ratio* is the same ratio of process CPU-time medians.",
         "",
     ]
-    for wr in res.widths:
-        lines += [f"## Step cost — ResNet-18 width {wr.width:g}", ""]
-        lines += width_table(res, wr)
-        lines.append("")
-    lines += explain(res, wt, checks)
-    lines += experiments_md(res)
-    lines += ["## End to end: the `cpu` preset on CIFAR-10 (real runs)", "", E2E_BEGIN]
-    lines += [keep.strip("\n") if keep else E2E_PLACEHOLDER.rstrip("\n"), E2E_END, ""]
-    lines += ["## GPU", ""]
+    return lines
+
+
+def _gpu_section(res: BenchResult, wt: WidthResult) -> list[str]:
+    layout, amp, m = "channels_last" if wt.channels_last else "contiguous", _amp_text(res), res.machine
+    lines = ["## GPU", ""]
     if res.device.type == "cuda":
         lines += [f"These tables were measured on {m.get('gpu', 'a GPU')} with {amp} and the {layout} memory "
                   "format. Compare with a CPU run of the same command (`--device cpu`).", ""]
@@ -280,7 +296,7 @@ def render(res: BenchResult, keep: str | None = None) -> str:
                   "(`--device auto`, the default) it runs the same steps with bf16 autocast and channels_last, "
                   "synchronises around every timed step and reports `torch.cuda.max_memory_allocated`; write that "
                   "table next to this one with `camssl bench --out docs/benchmarks-gpu.md`.", ""]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def explain(res: BenchResult, wr: WidthResult, checks: list[Check]) -> list[str]:
@@ -303,8 +319,18 @@ def explain(res: BenchResult, wr: WidthResult, checks: list[Check]) -> list[str]
     if not missed:
         return lines + ["Every target is met in this run.", ""]
     lines += ["### Why the misses remain", ""]
+    lines += _step_misses(wr, checks, [c for c in missed if c.kind == "step"])
+    lines += _reference_misses(checks, [c for c in missed if c.kind == "reference"])
+    lines += _memory_misses(wr, checks, [c for c in missed if c.kind == "memory"])
+    for c in missed:
+        if c.kind == "views":
+            lines += [f"- **{c.what}**: {c.measured_text} (limit {c.limit_text}).", ""]
+    return lines
+
+
+def _step_misses(wr: WidthResult, checks: list[Check], step_misses: list[Check]) -> list[str]:
+    lines: list[str] = []
     pl_ph = wr.profiles.get("pseudo_label", StepProfile()).phases or {}
-    step_misses = [c for c in missed if c.kind == "step"]
     if step_misses:
         models = "; ".join(f"{c.layer} {c.mode} {c.model:.2f} (limit {c.limit:.2f})" for c in checks
                            if c.kind == "step" and c.model is not None)
@@ -353,7 +379,11 @@ def explain(res: BenchResult, wr: WidthResult, checks: list[Check]) -> list[str]
                           "profiled steps):", ""]
                 lines += ["  " + row for row in diff]
         lines.append("")
-    ref_misses = [c for c in missed if c.kind == "reference"]
+    return lines
+
+
+def _reference_misses(checks: list[Check], ref_misses: list[Check]) -> list[str]:
+    lines: list[str] = []
     if ref_misses:
         models = "; ".join(f"{c.layer} {c.model:.2f}" for c in checks if c.kind == "reference" and c.model)
         measured = "; ".join(f"{c.layer} {c.measured_text}" for c in ref_misses)
@@ -369,7 +399,11 @@ def explain(res: BenchResult, wr: WidthResult, checks: list[Check]) -> list[str]
             f"work between two implementations of the same objective. Measured: {measured}.",
             "",
         ]
-    mem_misses = [c for c in missed if c.kind == "memory"]
+    return lines
+
+
+def _memory_misses(wr: WidthResult, checks: list[Check], mem_misses: list[Check]) -> list[str]:
+    lines: list[str] = []
     if mem_misses:
         pl_mem = wr.profiles.get("pseudo_label", StepProfile()).peak_bytes or 0
         detail = []
@@ -392,9 +426,6 @@ def explain(res: BenchResult, wr: WidthResult, checks: list[Check]) -> list[str]
             *detail,
             "",
         ]
-    for c in missed:
-        if c.kind == "views":
-            lines += [f"- **{c.what}**: {c.measured_text} (limit {c.limit_text}).", ""]
     return lines
 
 
@@ -437,39 +468,3 @@ def console_table(res: BenchResult) -> str:
         for c in checks:
             out.append(f"  {'PASS' if c.ok else 'MISS'}  {c.what:<58} {c.measured_text:>7}  (limit {c.limit_text})")
     return "\n".join(out)
-
-
-def as_json(res: BenchResult) -> dict[str, Any]:
-    """The measurements of a benchmark run as plain data (``bench.json`` beside the Markdown report)."""
-    widths = []
-    for wr in res.widths:
-        pl = wr.timings.get("pseudo_label")
-        pl_mem = wr.profiles.get("pseudo_label", StepProfile()).peak_bytes if wr.profiles else None
-        steps = []
-        for st in wr.types:
-            tm = wr.timings.get(st.key)
-            if tm is None or not tm.wall:
-                continue
-            mem = wr.profiles.get(st.key, StepProfile()).peak_bytes if wr.profiles else None
-            steps.append({
-                "key": st.key, "label": st.label, "kind": st.kind, "layer": st.layer, "mode": st.mode,
-                "images": st.images, "median_s": tm.median, "iqr_s": tm.iqr, "cpu_median_s": tm.cpu_median,
-                "images_per_s": st.images / tm.median if st.images else None,
-                "x_pseudo_label": tm.median / pl.median if pl is not None and pl.wall else None,
-                "peak_bytes": mem, "memory_x_pseudo_label": mem / pl_mem if mem and pl_mem else None,
-            })
-        widths.append({"width": wr.width, "channels_last": wr.channels_last, "steps": steps})
-    checks = [{"kind": c.kind, "what": c.what, "limit": c.limit, "at_most": c.at_most, "measured": c.measured,
-               "met": c.ok}
-              for c in targets(res)] if any(w.width == res.target_width for w in res.widths) else []
-    return {"format": "camssl-bench", "version": 1, "command": res.options.command, "device": str(res.device),
-            "machine": res.machine, "data": res.data, "seconds": res.seconds, "pending": res.pending,
-            "target_width": res.target_width, "widths": widths, "checks": checks}
-
-
-def write_report(res: BenchResult) -> Path:
-    """The Markdown report (``--out``) and its measurements as JSON beside it (same name, ``.json``)."""
-    path = Path(res.options.out)
-    io.write_text(path, render(res, keep=io.kept_section(path, E2E_BEGIN, E2E_END)))
-    io.write_json(path.with_suffix(".json"), as_json(res))
-    return path

@@ -41,7 +41,8 @@ class Rig:
     steps are timed.
     """
 
-    def __init__(self, width: float, batch: Any, device: torch.device, channels_last: bool, seed: int) -> None:
+    def __init__(self, width: float, batch: Any, device: torch.device, channels_last: bool, seed: int, *,
+                 model_args: dict[str, Any] | None = None, amp_dtype: torch.dtype | str | None = "auto") -> None:
         from camssl.augment import AugmentConfig, Augmenter
         from camssl.models import build_model
 
@@ -49,7 +50,8 @@ class Rig:
         self.width = width
         self.device = device
         self.channels_last = channels_last
-        model = build_model(MODEL, NUM_CLASSES, width=width).to(device)
+        args = dict(model_args or {"name": MODEL, "width": width})
+        model = build_model(args.pop("name"), NUM_CLASSES, **args).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model: nn.Module = model.train()
@@ -58,7 +60,8 @@ class Rig:
         self.augmenter = Augmenter(AugmentConfig(), device)
         self.generator = torch.Generator().manual_seed(seed + 2)  # like the trainer's aug_gen (CPU)
         self.batch = batch
-        self.amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.amp_dtype = (torch.bfloat16 if cuda_bf16 else None) if amp_dtype == "auto" else amp_dtype
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:

@@ -19,6 +19,7 @@ from camssl.bench.measure import (
     profile_step,
 )
 from camssl.bench.options import BenchOptions
+from camssl.bench.precision import experiment_precision
 from camssl.bench.results import BenchResult, Experiment, WidthResult
 from camssl.bench.rig import Rig, StepType, build_step, load_images, step_types
 from camssl.bench.trials import experiment_threads, guarded, run_experiments
@@ -122,6 +123,8 @@ def run_bench(o: BenchOptions, checkpoint: Callable[[BenchResult], None] | None 
     machine = machine_info(device)
     types = step_types(o, captum is None)
     widths = [run_width(o, w, device, batch, types, channels_last, w == target_width) for w in o.widths]
+    if o.precision and device.type == "cpu":
+        experiments.append(guarded("Precision: fp32 vs bf16 autocast", experiment_precision, o, device, batch))
     res = BenchResult(o, device, machine, widths, experiments, target_width, preset, data, captum,
                       time.time() - t0, pending=o.experiments)
     if checkpoint is not None:

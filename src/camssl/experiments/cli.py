@@ -65,6 +65,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=None, help="runs at a time, each with max(1, cores // jobs) threads [1]")
     p.add_argument("--only", action="append", default=[], metavar="GLOB",
                    help="run only the runs whose id matches, e.g. 'r0.5/*' or '*/s0' (repeatable)")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="keep each finished run's small files (config, split, metrics, result) in DIR, e.g. "
+                        "docs/runs/NAME, and skip runs already archived there; camssl table DIR rebuilds the tables")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and each run's state (with --launcher slurm: the sbatch script); start nothing")
     p.add_argument("--status", action="store_true",
@@ -94,6 +97,7 @@ def _command(args: argparse.Namespace, cli: dict[str, Any]) -> str:
         for key, value in cli.items():
             for v in value if isinstance(value, list) else [value] if value is not None else []:
                 words.append(f"--{key.replace('_', '-')}={v}")
+    words += [f"--archive={args.archive}"] if getattr(args, "archive", None) else []
     return shlex.join(words + [f"--only={o}" for o in args.only] + list(args.overrides))
 
 
@@ -120,11 +124,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
                 refuse_if_active(Path(args.out), [r.id for r in plan.runs])
             failed = run_sweep(plan, args.out, jobs=args.jobs or 1, only=args.only, dry_run=args.dry_run,
-                               command=_command(args, cli))
+                               command=_command(args, cli), archive=args.archive)
         else:
             if args.jobs is not None:
                 raise UserError("--jobs sets the runs at once on this machine; with --launcher slurm use "
                                 "--array-parallelism N")
+            if args.archive:
+                raise UserError("--archive is for --launcher local; with slurm, archive afterwards by rerunning the "
+                                "sweep locally with --archive (finished runs are only copied)")
             from camssl.experiments.slurm import submit_sweep
 
             failed = submit_sweep(plan, args.out, opts, only=args.only, dry_run=args.dry_run, wait=args.wait,

@@ -26,12 +26,19 @@ from typing import IO, Any, BinaryIO
 from camssl import io
 from camssl.config import RESULT_NEUTRAL_KEYS, TrainConfig, config_differences, dump_yaml, from_dict, read_yaml, to_dict
 from camssl.errors import ConfigError, DataError, UserError
+import camssl.experiments.archive as archive
 from camssl.experiments.spec import Plan, Run
 from camssl.machine import cpu_name, usable_cores
 from camssl.text import fmt_pct
 
-def run_state(run_dir: Path, cfg: TrainConfig) -> tuple[str, str]:
-    """("done" | "resume" | "new" | "conflict", detail) of a planned run's directory."""
+def run_state(run_dir: Path, cfg: TrainConfig, archived: Path | None = None) -> tuple[str, str]:
+    """("done" | "archived" | "resume" | "new" | "conflict", detail) of a planned run's directory.
+
+    "archived": not finished in the sweep directory, but in ``archived`` (the run's directory
+    in an archive, :mod:`.archive`).
+    """
+    if archived is not None and not (run_dir / "result.json").exists() and archive.is_archived(archived, cfg):
+        return "archived", ""
     if not (run_dir / "config.yaml").exists():
         if run_dir.exists() and any(run_dir.iterdir()):
             return "conflict", f"'{run_dir}' holds files but no run (no config.yaml); move them away"
@@ -140,23 +147,29 @@ def run_sweep(
     dry_run: bool = False,
     command: str = "",
     log: Callable[[str], None] = print,
+    archive: str | Path | None = None,
 ) -> int:
     """Run (or continue) a planned sweep; returns the number of failed runs.
 
     Finished runs (result.json) are skipped, unfinished ones resumed from their last
     checkpoint, new ones started; at most ``jobs`` subprocesses at once, each with
-    ``max(1, cores // jobs)`` threads. A failing run does not stop the others.
+    ``max(1, cores // jobs)`` threads. A failing run does not stop the others. ``archive``
+    (:mod:`.archive`): finished runs' small files are copied there, and a run archived
+    there with the same config is skipped.
     """
     out = Path(out)
     if jobs < 1:
         raise UserError(f"--jobs {jobs} is invalid: run at least 1 at a time")
     runs = select_runs(plan, only)
     threads = max(1, usable_cores() // jobs)
-    states = {r.id: run_state(out / r.id, r.config) for r in runs}
-    counts = {k: sum(1 for s, _ in states.values() if s == k) for k in ("done", "resume", "new", "conflict")}
+    archive_dir = Path(archive) if archive is not None else None
+    states = {r.id: run_state(out / r.id, r.config, archive_dir / r.id if archive_dir else None) for r in runs}
+    counts = {k: sum(1 for s, _ in states.values() if s == k) for k in ("done", "archived", "resume", "new", "conflict")}
     total = len(runs)
     log(
-        f"sweep {out}: {total} runs ({counts['done']} finished, {counts['resume']} to resume, {counts['new']} new"
+        f"sweep {out}: {total} runs ({counts['done']} finished, "
+        + (f"{counts['archived']} archived in {archive_dir}, " if archive_dir is not None else "")
+        + f"{counts['resume']} to resume, {counts['new']} new"
         + (f", {counts['conflict']} in conflict" if counts["conflict"] else "")
         + f"); {jobs} at a time, {threads} thread{'s' if threads > 1 else ''} each"
     )
@@ -169,7 +182,7 @@ def run_sweep(
 
     lock = lock_sweep(out)  # held (and inherited by the runs) until the sweep ends
     try:
-        return _execute(plan, out, runs, states, jobs, threads, lock.fileno(), command, log)
+        return _execute(plan, out, runs, states, jobs, threads, lock.fileno(), command, log, archive_dir)
     finally:
         lock.close()
 
@@ -242,126 +255,132 @@ def session_record(out: Path, plan: Plan, command: str, **fields: Any) -> dict[s
     return {**plan.record(), "sessions": [*previous, session]}
 
 
-def _execute(
-    plan: Plan,
-    out: Path,
-    runs: list[Run],
-    states: dict[str, tuple[str, str]],
-    jobs: int,
-    threads: int,
-    lock_fd: int,
-    command: str,
-    log: Callable[[str], None],
-) -> int:
-    record = session_record(out, plan, command, launcher="local", jobs=jobs, threads_per_run=threads)
-    session = record["sessions"][-1]
-    t_start = time.time()
-    total = len(runs)
-    done = 0
-    failures: list[tuple[str, str]] = []
-    ran = finished = skipped = 0
-    queue: list[Run] = []
-    for r in runs:
-        state, detail = states[r.id]
-        if state == "done":
-            done += 1
-            skipped += 1
-            log(f"[{done}/{total}] {r.id} already finished ({brief(read_result(out / r.id))}), skipped")
-        elif state == "conflict":
-            done += 1
-            failures.append((r.id, detail))
-            log(f"[{done}/{total}] {r.id} FAILED: {detail}")
-        else:
-            queue.append(r)
+class _LocalSweep:
+    """One session of a local sweep: a queue of runs, at most ``jobs`` subprocesses at once, the record kept."""
 
-    def save() -> None:  # what camssl sweep --status reads while the sweep runs
-        session.update(running=[a.run.id for a in active], queued=[r.id for r in queue], failures=dict(failures))
-        io.write_json(out / "sweep.json", record)
+    def __init__(self, plan: Plan, out: Path, runs: list[Run], states: dict[str, tuple[str, str]], jobs: int,
+                 threads: int, lock_fd: int, command: str, log: Callable[[str], None], archive: Path | None) -> None:
+        self.out, self.states, self.jobs, self.lock_fd, self.log, self.archive = out, states, jobs, lock_fd, log, archive
+        self.record = session_record(out, plan, command, launcher="local", jobs=jobs, threads_per_run=threads)
+        self.session = self.record["sessions"][-1]
+        self.env = run_env(threads)
+        self.total, self.done, self.ran, self.finished, self.skipped = len(runs), 0, 0, 0, 0
+        self.failures: list[tuple[str, str]] = []
+        self.active: list[_Active] = []
+        self.queue: list[Run] = []
+        for r in runs:
+            state, detail = states[r.id]
+            if state in ("done", "archived"):
+                self.done, self.skipped = self.done + 1, self.skipped + 1
+                where = self.out / r.id if state == "done" else self.archive / r.id  # type: ignore[operator]
+                log(f"[{self.done}/{self.total}] {r.id} already finished ({brief(read_result(where))}"
+                    f"{', archived' if state == 'archived' else ''}), skipped")
+            elif state == "conflict":
+                self.done += 1
+                self.failures.append((r.id, detail))
+                log(f"[{self.done}/{self.total}] {r.id} FAILED: {detail}")
+            else:
+                self.queue.append(r)
 
-    env = run_env(threads)
-    active: list[_Active] = []
-    save()
+    def save(self) -> None:
+        """sweep.json (what camssl sweep --status reads while the sweep runs), and the archive's copy."""
+        self.session.update(running=[a.run.id for a in self.active], queued=[r.id for r in self.queue],
+                            failures=dict(self.failures))
+        io.write_json(self.out / "sweep.json", self.record)
+        if self.archive is not None:
+            archive.write_record(self.archive, self.record)
 
-    def launch(r: Run) -> None:
-        run_dir = out / r.id
-        state, detail = states[r.id]
+    def launch(self, r: Run) -> None:
+        run_dir = self.out / r.id
+        state, detail = self.states[r.id]
         prepare_run(run_dir, r, state)
         cmd = train_command(run_dir)
         logf, offset = open_log(run_dir, "new run" if state == "new" else f"resuming {detail}", cmd)
         try:
-            proc = subprocess.Popen(
-                cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, pass_fds=(lock_fd,)
-            )
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self.env, pass_fds=(self.lock_fd,))
         finally:
             logf.close()
-        active.append(_Active(r, proc, offset, time.time(), "" if state == "new" else detail))
-        save()
+        self.active.append(_Active(r, proc, offset, time.time(), "" if state == "new" else detail))
+        self.save()
 
-    def finish(a: _Active, rc: int) -> None:
-        nonlocal done, ran, finished
-        done += 1
-        ran += 1
-        run_dir = out / a.run.id
+    def finish(self, a: _Active, rc: int) -> None:
+        self.done, self.ran = self.done + 1, self.ran + 1
+        run_dir = self.out / a.run.id
         minutes = (time.time() - a.started) / 60
         result = read_result(run_dir) if rc == 0 else None
         note = f" (resumed {a.resumed})" if a.resumed else ""
         if rc == 0 and result is not None:
-            finished += 1
-            log(f"[{done}/{total}] {a.run.id} done in {minutes:.1f} min: {brief(result)}{note}")
+            self.finished += 1
+            if self.archive is not None:
+                archive.archive_run(run_dir, self.archive / a.run.id)
+            self.log(f"[{self.done}/{self.total}] {a.run.id} done in {minutes:.1f} min: {brief(result)}{note}")
         else:
             reason = failure_reason(run_dir / "train.log", a.log_offset, rc) if rc else "finished without result.json"
-            failures.append((a.run.id, f"{reason} (log: {run_dir / 'train.log'})"))
-            log(f"[{done}/{total}] {a.run.id} FAILED after {minutes:.1f} min: {reason}")
-        save()
+            self.failures.append((a.run.id, f"{reason} (log: {run_dir / 'train.log'})"))
+            self.log(f"[{self.done}/{self.total}] {a.run.id} FAILED after {minutes:.1f} min: {reason}")
+        self.save()
 
-    previous_term = signal.getsignal(signal.SIGTERM)
-    in_main = _in_main_thread()
-    if in_main:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        while queue or active:
-            while queue and len(active) < jobs:
-                launch(queue.pop(0))
+    def loop(self) -> None:
+        while self.queue or self.active:
+            while self.queue and len(self.active) < self.jobs:
+                self.launch(self.queue.pop(0))
             time.sleep(0.2)
-            for a in list(active):
+            for a in list(self.active):
                 rc = a.proc.poll()
                 if rc is not None:
-                    active.remove(a)
-                    finish(a, rc)
-    except KeyboardInterrupt:
-        for a in active:
+                    self.active.remove(a)
+                    self.finish(a, rc)
+
+    def stop(self) -> None:
+        """Stop the running runs at their last checkpoint (an interrupted sweep)."""
+        for a in self.active:
             if a.proc.poll() is None:
                 a.proc.terminate()
-        for a in active:
+        for a in self.active:
             try:
                 a.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 a.proc.kill()
                 a.proc.wait()
-        log(
-            f"interrupted: stopped {len(active)} running run(s) at their last checkpoint; "
-            "run the same command again to continue the sweep"
-        )
+        self.log(f"interrupted: stopped {len(self.active)} running run(s) at their last checkpoint; "
+                 "run the same command again to continue the sweep")
+
+    def close(self, wall: float) -> None:
+        self.session.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=round(wall, 1), ran=self.ran,
+                            done=self.finished, skipped=self.skipped, failed=len(self.failures), running=[],
+                            queued=[], failures=dict(self.failures))
+        self.active = []
+        self.save()
+
+
+def _execute(plan: Plan, out: Path, runs: list[Run], states: dict[str, tuple[str, str]], jobs: int, threads: int,
+             lock_fd: int, command: str, log: Callable[[str], None], archive: Path | None = None) -> int:
+    sweep = _LocalSweep(plan, out, runs, states, jobs, threads, lock_fd, command, log, archive)
+    t_start = time.time()
+    sweep.save()
+    previous_term = signal.getsignal(signal.SIGTERM)
+    in_main = _in_main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        sweep.loop()
+    except KeyboardInterrupt:
+        sweep.stop()
         raise
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous_term)
         wall = time.time() - t_start
-        session.update(
-            finished=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=round(wall, 1), ran=ran, done=finished, skipped=skipped,
-            failed=len(failures), running=[], queued=[], failures=dict(failures),
-        )
-        io.write_json(out / "sweep.json", record)
-
-    log(
-        f"sweep finished in {wall / 60:.1f} min: {finished} run{'' if finished == 1 else 's'} done, "
-        f"{skipped} skipped (already finished), {len(failures)} failed"
-    )
+        sweep.close(wall)
+    failures = sweep.failures
+    log(f"sweep finished in {wall / 60:.1f} min: {sweep.finished} run{'' if sweep.finished == 1 else 's'} done, "
+        f"{sweep.skipped} skipped (already finished), {len(failures)} failed")
     if failures:
         log(f"failed runs ({len(failures)}); run the same command again to retry them:")
         for rid, why in failures:
             log(f"  {rid}: {why}")
-    log(f"tables: camssl table {out}")
+    log(f"tables: camssl table {archive or out}")
     return len(failures)
 
 

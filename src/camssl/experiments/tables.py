@@ -25,7 +25,6 @@ from camssl.experiments.results import (
     SweepResults,
     _Metric,
     _num,
-    _values,
     run_rows,
     header_label,
     layer_of,

@@ -22,7 +22,6 @@ their sums reduced; BatchNorm statistics are averaged each epoch; only rank 0 wr
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,10 +42,10 @@ from camssl.data import DataBundle, Split, load_data
 from camssl.data.streams import IndexStream
 from camssl.distributed import Dist
 from camssl.errors import UserError
-from camssl.methods import METHODS, Batch, Method, RunInfo, StepOutput
+from camssl.methods import METHODS, Batch, Method, RunInfo
 from camssl.models.saved import load_frozen, preprocess_spec
 from camssl.train.evaluate import evaluate
-from camssl.train.guards import TrainingError, check_finite, check_weights
+from camssl.train.guards import check_finite, check_weights
 from camssl.train.precision import amp_dtype, describe
 from camssl.train.rundir import write_start_files
 from camssl.train.schedule import EMA, lr_factor, param_groups
@@ -294,7 +293,7 @@ class Trainer:
             images, labels = images[self.dist.rank :: self.dist.world], labels[self.dist.rank :: self.dist.world]
         return evaluate(model, images, labels, self.augmenter, self.cfg.eval_batch_size, self.num_classes,
                         self.cfg.model.channels_last, self.stepper.autocast,
-                        reduce=self.dist.all_reduce_sum if self.dist.enabled else None)
+                        reduce=self.dist.all_reduce_sum if self.dist.enabled else None, tta=self.cfg.eval_tta)
 
     def validate(self) -> dict[str, Any]:
         idx = self.split.val.to(self.device)
