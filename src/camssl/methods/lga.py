@@ -83,6 +83,11 @@ class LabelGradientAlignment(Method):
     log_metrics = ("loss_s", "loss_u", "loss_vat", "d_before", "d_after", "pl_acc", "imputed_acc",
                    "imputed_rows_pl_acc", "seen_unlabeled")
 
+    def __init__(self, cfg: LGAConfig, *, label_smoothing: float = 0.0) -> None:
+        super().__init__(cfg, label_smoothing=label_smoothing)
+        if not cfg.vat.active:  # this config's epoch line
+            self.log_metrics = tuple(k for k in self.log_metrics if k != "loss_vat")
+
     def setup(self, run: RunInfo) -> None:
         if self.cfg.scope == "all" and any(isinstance(m, nn.SyncBatchNorm) for m in run.net.modules()):
             raise ConfigError("method.scope=all needs a double backward through SyncBatchNorm, which PyTorch does "

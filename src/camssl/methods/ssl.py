@@ -101,6 +101,7 @@ class SemiSupervised(Method):
         super().__init__(cfg, label_smoothing=label_smoothing)
         self.active = [t(getattr(cfg, t.section)) for t in self.terms]
         self.active = [t for t in self.active if t.active]
+        self.log_metrics = self.base_metrics + tuple(m for t in self.active for m in t.metrics)  # this config's
 
     def double_backward_layers(self, net: nn.Module) -> list[str]:
         return _unique([t.double_backward_layers(net) for t in self.active])
