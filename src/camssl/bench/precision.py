@@ -16,6 +16,7 @@ from camssl.bench.measure import interleaved
 from camssl.bench.options import BenchOptions
 from camssl.bench.results import Experiment, ms
 from camssl.bench.rig import CORE, Rig, build_step, method_steps
+from camssl.errors import ConfigError
 
 TARGET_BF16_SPEEDUP = 1.5  # the fast-regime issue: bf16 step >= 1.5 x fp32 on a CPU with native bf16
 
@@ -38,14 +39,20 @@ def experiment_precision(o: BenchOptions, device: torch.device, batch: Any) -> E
     args, channels_last = fast_model()
     o.log(f"experiment: precision (fp32 vs bf16) on {args['name']}")
     types = method_steps(o, CORE) + (method_steps(o) if o.methods else [])
-    types = [st for st in types if st.kind != "cam_loss" or args.get("pool") == "avg"]  # L_cam needs a cam_layer
-    steps = {}
+    steps, skipped = {}, []
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         rig = Rig(1.0, batch, device, channels_last, o.seed, model_args=args, amp_dtype=dtype)
         rig.init_optimizer_state()
-        for st in types:
-            f = build_step(rig, st)
+        for st in list(types):
+            try:
+                f = build_step(rig, st)
+                f(False)  # a step the model cannot take (e.g. L_cam without a cam_layer) is left out
+            except ConfigError as e:
+                skipped.append(f"{st.label} ({e})")
+                types.remove(st)
+                continue
             steps[f"{st.key}|{name}"] = lambda f=f: f(False)
+    steps = {k: f for k, f in steps.items() if k.split("|")[0] in {st.key for st in types}}
     t = interleaved(steps, o.exp_reps, 1, device, o.log, "precision: ")
     rows, speedups = [], []
     for st in types:
@@ -60,5 +67,5 @@ def experiment_precision(o: BenchOptions, device: torch.device, batch: Any) -> E
     widths = args.get("widths") or args.get("width")
     note = (f"{args['name']} ({widths}, pool {args.get('pool', 'max')}), channels_last={channels_last}, "
             f"{o.batch} labeled + {o.unlabeled} unlabeled images per step, {o.exp_reps} interleaved repetitions "
-            "after one warm-up; medians. cam_loss is left out when the model has no cam_layer (pool max).")
+            "after one warm-up; medians." + (f" Left out: {'; '.join(skipped)}." if skipped else ""))
     return Experiment(title, rows, ("step", "fp32 ms", "bf16 ms", "speed-up", "bf16 images / s"), verdict, note)

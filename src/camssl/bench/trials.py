@@ -70,7 +70,7 @@ def experiment_layout(o: BenchOptions, width: float, device: torch.device, batch
         a, b = t[f"{st.key}|contiguous"].median, t[f"{st.key}|channels_last"].median
         faster["channels_last" if b < a else "contiguous"].append(f"{st.label} ({100 * (b / a - 1):+.0f}%)")
         ratio_c, ratio_cl = a / pl[0], b / pl[1]
-        if st.kind == "gradcam" and ratio_c > ratio_cl:
+        if st.layer is not None and ratio_c > ratio_cl:  # a map step (gradcam at a layer)
             relative_better = False
         rows.append((st.label, ms(a), ms(b), f"{b / a:.2f}", f"{ratio_c:.2f}", f"{ratio_cl:.2f}"))
     verdict = ("channels_last is faster for " + (", ".join(faster["channels_last"]) or "none") +
