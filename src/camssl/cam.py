@@ -34,6 +34,7 @@ from camssl.errors import ConfigError
 __all__ = [
     "GRAD_MODES",
     "NORMALIZATIONS",
+    "auto_layer",
     "caam",
     "cam",
     "cam_layer",
@@ -417,6 +418,39 @@ def _weighted_channel_sum(weights: Tensor, feats: Tensor) -> Tensor:
     """
     dtype = _map_dtype(weights, feats)
     return (weights.to(dtype)[:, :, None, None] * feats.to(dtype)).sum(dim=1)
+
+
+@torch.no_grad()
+def auto_layer(model: nn.Module, image_size: tuple[int, int] = (32, 32)) -> str:
+    """The last spatial stage of any model: of the modules whose output is a 4-D map larger than
+    1×1, the one whose forward finishes last in a probe forward (as torch-cam locates its target
+    layer). For a ResNet that is ``layer4``, for airnet ``layer3``.
+
+    Raises:
+        ConfigError: the model has no module with a spatial output.
+    """
+    inner = _unwrap(model)
+    order: list[str] = []
+    hooks = []
+    for name, module in inner.named_modules():
+        if name:
+            def hook(m: nn.Module, inputs: object, output: object, name: str = name) -> None:
+                if isinstance(output, Tensor) and output.dim() == 4 and output.shape[2] * output.shape[3] > 1:
+                    order.append(name)
+            hooks.append(module.register_forward_hook(hook))
+    was = inner.training
+    try:
+        param = next(inner.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        inner.eval()(torch.zeros(2, 3, *image_size, device=device))
+    finally:
+        inner.train(was)
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise ConfigError(f"{type(inner).__name__} has no layer with a spatial (N×C×H×W) output for Grad-CAM; "
+                          "name a layer yourself")
+    return order[-1]
 
 
 def cam_layer(model: nn.Module) -> str | None:

@@ -6,6 +6,8 @@ subcommand(s) with ``add_parser(sub, parents)`` (the parser, its arguments and
 MODULES = (
     "camssl.commands.train",
     "camssl.commands.cam",
+    "camssl.commands.predict",
+    "camssl.commands.export",
     "camssl.experiments.cli",
     "camssl.active.cli",
     "camssl.bench.cli",
