@@ -42,9 +42,11 @@ ViewName = Literal["original", "weak", "strong"]
 class ModelConfig:
     """Backbone. ``name`` is one of :data:`camssl.models.MODEL_NAMES`."""
 
-    name: str = "resnet18"
-    width: float = 1.0  # channel-width multiplier (1.0 = the standard network)
-    pretrained: str | None = None  # local torchvision/timm state_dict file
+    name: str = "resnet18"  # a camssl model (camssl.models.MODEL_NAMES) or your own: package.module:factory
+    width: float = 1.0  # channel-width multiplier of camssl's models (1.0 = the standard network)
+    pretrained: str | None = None  # a state_dict: PATH, URL, hf://repo/file or torchvision:resnet50 (camssl.models.pretrained)
+    pretrained_sha256: str | None = None  # expected SHA-256 (or its first 8+ hex digits) of downloaded weights
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of your own factory
     resize_to: int | None = None  # resnet50_imagenet: upsample inputs to this size (paper: 256)
     channels_last: bool = False  # memory format for the model and its inputs
     widths: list[int] | None = None  # airnet: the three conv-group widths (default: width x 64/256/256)
@@ -56,6 +58,8 @@ class ModelConfig:
         """The arguments of :func:`camssl.models.build_model` for this model (the checkpoint's ``model_spec``)."""
         args = {"name": self.name, "num_classes": num_classes, "width": self.width, "resize_to": self.resize_to}
         args.update({k: v for k, v in (("widths", self.widths), ("pool", self.pool)) if v is not None})
+        if self.args:
+            args["args"] = dict(self.args)
         return args
 
 
@@ -116,10 +120,9 @@ class TrainConfig:
         self.data.validate()
         self.split.validate()
         self.augment.validate()
-        if self.model.name not in MODEL_NAMES:
-            raise ConfigError(
-                f"model.name={self.model.name!r} is unknown; choose one of: {', '.join(MODEL_NAMES)}"
-            )
+        if self.model.name not in MODEL_NAMES and ":" not in self.model.name:
+            raise ConfigError(f"model.name={self.model.name!r} is unknown; choose one of: {', '.join(MODEL_NAMES)}, "
+                              "or your own model as package.module:factory")
         self._validate_model()
         self.method.validate()
         o = self.optim
@@ -166,7 +169,7 @@ class TrainConfig:
 
     def diagnostic_layer(self) -> str:
         """The layer of the per-epoch map diagnostics and CAM grids."""
-        return self.map_layer or next(iter(self.method.cam_layers()), "layer3")
+        return self.map_layer or next(iter(self.method.cam_layers()), "layer3")  # "auto": resolved by the trainer
 
 
 # ---------------------------------------------------------------- comparing configs

@@ -161,6 +161,10 @@ def _coerce(value: Any, tp: Any, key: str, current: Any = None) -> Any:
         return value
     if origin in (list, tuple):
         return _coerce_sequence(value, tp, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a mapping, e.g. {{name: value}}")
+        return {str(k): v for k, v in value.items()}
     return _coerce_scalar(value, tp, key)
 
 

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentP
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which weights [best]")
     p.add_argument("--images", default=None, help="a folder of images [default: random images of the test split]")
     p.add_argument("--n", type=int, default=8, help="number of images [8]")
-    p.add_argument("--layer", default=None, help="target layer [the run's diagnostic layer: its first map layer, else layer3]")
+    p.add_argument("--layer", default=None, help="target layer: a module path, or auto (the last spatial stage) "
+                                                 "[the run's diagnostic layer: its first map layer, else layer3]")
     p.add_argument("--out", default=None, help="PNG path [RUN_DIR/figures/cam_<checkpoint>_<layer>.png]")
     p.add_argument("--seed", type=int, default=0, help="picks the images and the strong views [0]")
     p.add_argument("--maps", choices=["gradcam", "caam"], default="gradcam",
@@ -74,6 +75,10 @@ def render_run(
     model, cfg, classes = load_run_model(run_dir, checkpoint)
     if maps == "caam" and layer is not None and layer != model.cam_layer:
         raise UserError(f"--maps caam draws CAM and CAAM at the last stage ({model.cam_layer}); drop --layer {layer}")
+    if layer == "auto":
+        from camssl.cam import auto_layer
+
+        layer = auto_layer(model, (cfg.data.image_size, cfg.data.image_size))
     layer = (model.cam_layer if maps == "caam" else None) or layer or cfg.diagnostic_layer()
     model.check_layer(layer)
     if images is not None:

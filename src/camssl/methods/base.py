@@ -77,6 +77,17 @@ class MethodConfig:
         sections = [getattr(self, f.name) for f in dataclasses.fields(self)]
         return list(dict.fromkeys(name for s in sections if hasattr(s, "map_layers") for name in s.map_layers()))
 
+    def resolve_auto_layers(self, net: nn.Module) -> None:
+        """Replace ``auto`` in its sections' map layers by the model's last spatial stage (:func:`camssl.cam.auto_layer`)."""
+        from camssl.cam import auto_layer
+
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            layers = getattr(section, "layers", None)
+            if isinstance(layers, list) and "auto" in layers:
+                found = auto_layer(net)
+                section.layers = list(dict.fromkeys(found if name == "auto" else name for name in layers))
+
     @classmethod
     def resolve_config_class(cls, value: dict[str, Any], current: Any) -> type[MethodConfig]:
         """The config class of the method a ``method:`` section names (its ``name``, else the current one's)."""

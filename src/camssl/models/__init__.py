@@ -35,6 +35,8 @@ from typing import Any
 from camssl.errors import ConfigError
 from camssl.models.airnet import AirNet, init_whitening, scaled_widths
 from camssl.models.base import CamNet, load_pretrained
+from camssl.models.foreign import build_foreign, is_foreign
+from camssl.models.pretrained import resolve_pretrained
 from camssl.models.resnet import BasicBlock, Bottleneck, ResNet
 from camssl.models.wrn import WideResNet
 
@@ -60,26 +62,40 @@ _MODEL_KEYWORDS: dict[str, tuple[str, ...]] = {"airnet": ("widths", "pool")}
 
 def build_model(name: str, num_classes: int, *, width: float = 1.0, pretrained: str | os.PathLike[str] | None = None,
                 resize_to: int | None = None, widths: tuple[int, int, int] | None = None,
-                pool: str | None = None) -> CamNet:
+                pool: str | None = None, args: dict[str, Any] | None = None, pretrained_sha256: str | None = None) -> CamNet:
     """Create model ``name`` with ``num_classes`` outputs.
 
     Args:
         name: one of :data:`MODEL_NAMES`.
         num_classes: number of classes (>= 1).
         width: channel multiplier (> 0; 1.0 = the standard architecture).
-        pretrained: optional path of a state_dict to load (see :func:`load_pretrained`).
+        pretrained: a state_dict to load (see :func:`load_pretrained`): a path, a URL
+            (downloaded once into the torch hub cache), ``hf://repo/file`` or a named set
+            such as ``torchvision:resnet50`` (:mod:`camssl.models.pretrained`).
         resize_to: if set, inputs are bilinearly resized to ``resize_to x resize_to``
             inside the model (e.g. 256 for ``resnet50_imagenet`` on small images).
         widths: ``airnet`` only: the three conv-group widths (instead of ``width``).
         pool: ``airnet`` only: ``"max"`` (default) or ``"avg"``.
+        args: keyword arguments of your own factory (``name="package.module:factory"``,
+            :mod:`camssl.models.foreign`).
+        pretrained_sha256: the expected SHA-256 (or its first 8+ hex digits) of ``pretrained``
+            when it is downloaded (:mod:`camssl.models.pretrained`).
 
     Raises:
         ConfigError: unknown name, invalid num_classes/width/resize_to/widths/pool, or a
             model-specific keyword given to a model that does not take it.
         UserError: pretrained weights missing or not fitting the model.
     """
+    if is_foreign(name):
+        model: CamNet = build_foreign(name, num_classes, args, resize_to)
+        if pretrained is not None:
+            load_pretrained(model, resolve_pretrained(str(pretrained), pretrained_sha256))
+        return model
     if name not in _BUILDERS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}, "
+                          "or your own as package.module:factory")
+    if args:
+        raise ConfigError(f"model.args is for your own model (model.name=package.module:factory), not {name}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     if isinstance(width, bool) or not isinstance(width, int | float) or not math.isfinite(width) or width <= 0:
@@ -93,5 +109,5 @@ def build_model(name: str, num_classes: int, *, width: float = 1.0, pretrained: 
         raise ConfigError(f"give either model.widths ({widths!r}) or model.width ({width!r}), not both")
     model = _BUILDERS[name](num_classes, float(width), resize_to, **given)
     if pretrained is not None:
-        load_pretrained(model, pretrained)
+        load_pretrained(model, resolve_pretrained(str(pretrained), pretrained_sha256))
     return model

@@ -70,6 +70,7 @@ class CamNet(nn.Module):
 
     stages: tuple[str, ...] = ()
     cam_layer: str = ""
+    classifier_path: str = "fc"  # module path of the classifier (kept freshly initialised when pretrained weights' differs)
     example_tap: str = "layer3.0.conv1"
     fc: nn.Linear
 
@@ -184,23 +185,23 @@ def load_pretrained(model: CamNet, path: str | os.PathLike[str]) -> CamNet:
     state = {key.removeprefix("module."): value for key, value in state.items()}
 
     expected = model.state_dict()
-    body = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    head = f"{getattr(model, 'classifier_path', 'fc')}."
+    body = {key: value for key, value in state.items() if not key.startswith(head)}
     problems = _fit_problems(body, expected)
     if problems:
         raise UserError(f"pretrained weights '{path}' do not fit {model.name}: {', '.join(problems)}; "
                         f"expected {_expected_source(model)}")
 
-    fc_state = {key: value for key, value in state.items() if key.startswith("fc.")}
-    fc_expected = {key: value.shape for key, value in expected.items() if key.startswith("fc.")}
+    fc_state = {key: value for key, value in state.items() if key.startswith(head)}
+    fc_expected = {key: value.shape for key, value in expected.items() if key.startswith(head)}
     if {key: value.shape for key, value in fc_state.items()} == fc_expected:
         body.update(fc_state)
     else:
-        if "fc.weight" in fc_state:
-            reason = f"has a classifier for {fc_state['fc.weight'].shape[0]} classes"
-        else:
-            reason = "has no classifier fc"
-        warnings.warn(f"pretrained weights '{path}' {reason} but {model.name} has {model.fc.out_features} classes: "
-                      f"fc is left randomly initialised", stacklevel=2)
+        weight = next((v for k, v in fc_state.items() if k.endswith("weight") or k.endswith("original")), None)
+        reason = f"has a classifier for {weight.shape[0]} classes" if weight is not None else f"has no classifier {head[:-1]}"
+        n = model.get_submodule(head[:-1]).out_features
+        warnings.warn(f"pretrained weights '{path}' {reason} but {model.name} has {n} classes: "
+                      f"{head[:-1]} is left randomly initialised", stacklevel=2)
     model.load_state_dict(body, strict=False)
     return model
 

@@ -56,11 +56,13 @@ def new_model(cfg: TrainConfig, num_classes: int, device: torch.device, init: An
     ``fit_images``: training images for a data-dependent init (airnet's whitening; with
     ``model.data_init``), used when the model has one.
     """
+    pretrained = cfg.model.pretrained if init is None and fit_images is not None else None  # a fresh run only
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         args = cfg.model.build_args(num_classes)
-        net = build_model(args.pop("name"), args.pop("num_classes"), pretrained=cfg.model.pretrained, **args)
-    if fit_images is not None and cfg.model.data_init and hasattr(net, "init_from_data"):
+        net = build_model(args.pop("name"), args.pop("num_classes"), pretrained=pretrained,
+                          pretrained_sha256=cfg.model.pretrained_sha256, **args)
+    if fit_images is not None and pretrained is None and cfg.model.data_init and hasattr(net, "init_from_data"):
         net.init_from_data(fit_images, cfg.augment.mean, cfg.augment.std)
     if init is not None:
         net.load_state_dict(_init_weights(init), strict=True)
@@ -86,7 +88,13 @@ def start_epoch(net: nn.Module, epoch: int, cfg: TrainConfig) -> None:
 
 
 def check_layers(cfg: TrainConfig, net: nn.Module) -> None:
-    """Refuse layer names (the method's map layers, the diagnostic layer) that the model does not have."""
+    """Resolve ``auto`` map layers (the model's last spatial stage; config.yaml then records the layer) and
+    refuse layer names (the method's map layers, the diagnostic layer) that the model does not have."""
+    from camssl.cam import auto_layer
+
+    cfg.method.resolve_auto_layers(net)
+    if cfg.map_layer == "auto":
+        cfg.map_layer = auto_layer(net)
     for name in cfg.method.cam_layers():
-        net.check_layer(name, key="method.layers")
-    net.check_layer(cfg.diagnostic_layer(), key="map_layer" if cfg.map_layer else "method.layers")
+        net.check_layer(name, key="method.gradcam.layers")
+    net.check_layer(cfg.diagnostic_layer(), key="map_layer" if cfg.map_layer else "method.gradcam.layers")

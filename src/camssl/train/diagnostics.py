@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from camssl import viz
 from camssl.augment import Augmenter
+from camssl.cam import cam_layer
 
 if TYPE_CHECKING:
     from camssl.config import TrainConfig
@@ -35,7 +36,8 @@ def map_diagnostics(model: nn.Module, val: Tensor, images: Tensor, augmenter: Au
     """
     x, _ = diagnostic_batch(val, images, images.new_zeros(len(images)), 64)
     out = viz.map_diagnostics(model, x, augmenter, layer, seed=seed)
-    out.update(viz.caam_diagnostics(model, x, augmenter))
+    if cam_layer(model):  # CAM and CAAM need a pooled linear head after a known layer
+        out.update(viz.caam_diagnostics(model, x, augmenter))
     return out
 
 

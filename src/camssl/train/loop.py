@@ -118,8 +118,8 @@ class Trainer:
         fresh = init is None and not self.resume
         self.net = build.new_model(cfg, self.num_classes, self.device, init,
                                    fit_images=build.fit_images(self.images, self.split) if fresh else None)
-        self.method: Method = METHODS[cfg.method.name](cfg.method, label_smoothing=cfg.optim.label_smoothing)
         build.check_layers(cfg, self.net)
+        self.method: Method = METHODS[cfg.method.name](cfg.method, label_smoothing=cfg.optim.label_smoothing)
         if self.dist.enabled:
             ddp.check_sync_bn(cfg, self.net, self.method)
         if self.method.uses_unlabeled and len(self.split.unlabeled) == 0:

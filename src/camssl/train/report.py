@@ -37,7 +37,8 @@ def model_line(cfg: TrainConfig, net: nn.Module, device: torch.device, dist: Dis
     n_params = sum(p.numel() for p in net.parameters())
     procs = (f" x {dist.world} processes ({dist.backend}{', SyncBatchNorm' if cfg.sync_bn else ''})"
              if dist.enabled else "")
-    return (f"model: {cfg.model.name} (width {cfg.model.width}, {n_params / 1e6:.2f}M parameters) on {device}"
+    size = f"args {cfg.model.args}" if ":" in cfg.model.name else f"width {cfg.model.widths or cfg.model.width}"
+    return (f"model: {cfg.model.name} ({size}, {n_params / 1e6:.2f}M parameters) on {device}"
             f"{procs}; method: {cfg.method.name}; {cfg.optim.epochs} epochs x {steps_per_epoch} steps")
 
 
