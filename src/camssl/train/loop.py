@@ -161,7 +161,7 @@ class Trainer:
 
     def precision(self) -> str:
         """What the training step computes in, for the run header."""
-        return describe(self.stepper.amp_dtype, self.device)
+        return describe(self.stepper.amp_dtype, self.device, self.cfg.amp)
 
     # ------------------------------------------------------------ the state of a run, in one place
 

@@ -38,10 +38,11 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def describe(dtype: torch.dtype | None, device: torch.device | None = None) -> str:
-    """``fp32``, ``bf16 autocast`` or ``fp16 autocast`` (the run header and result.json), with the CPU's reason."""
+def describe(dtype: torch.dtype | None, device: torch.device | None = None, amp: bool = False) -> str:
+    """``fp32``, ``bf16 autocast`` or ``fp16 autocast`` (the run header and result.json); on the CPU with
+    ``amp`` on, why (e.g. ``bf16 autocast (avx512_bf16)``, ``fp32 (no native bf16: ...)``)."""
     text = "fp32" if dtype is None else f"{'bf16' if dtype == torch.bfloat16 else 'fp16'} autocast"
-    if device is not None and device.type == "cpu":
+    if amp and device is not None and device.type == "cpu":
         reason = cpu_bf16_reason()
         text += f" ({reason.split('(', 1)[1]}" if "(" in reason else ""
     return text
