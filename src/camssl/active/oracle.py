@@ -5,7 +5,10 @@ The ``files`` oracle writes each queried image as a PNG file into
 ``file,label`` (the label column empty); the person fills in one class name per row and
 runs ``camssl active --out OUT --resume``. The CSV is then checked as a whole before any
 label is used: every queried file exactly once, no other file, every label a class of the
-data (one-line errors naming the row, the value and the valid choices).
+data (one-line errors naming the row, the value and the valid choices). As a spreadsheet
+saves it: a class name matches whatever its case and surrounding spaces (``Airplane``,
+``automobile ``), a UTF-8 byte-order mark and CRLF line ends are fine; a name that matches
+no class, or two classes that differ only in case, is refused.
 """
 
 from __future__ import annotations
@@ -52,6 +55,23 @@ def write_query(out: Path, cycle: int, indices: Sequence[int], images: Tensor) -
     return csv_path
 
 
+def match_class(label: str, classes: Sequence[str], where: str) -> int:
+    """The class id of ``label``: exact, else the one class equal to it ignoring case and surrounding spaces.
+
+    :class:`UserError` (one line, starting with ``where``) for no match or an ambiguous one.
+    """
+    if label in classes:
+        return list(classes).index(label)
+    key = label.strip().casefold()
+    hits = [k for k, c in enumerate(classes) if c.strip().casefold() == key]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise UserError(f"{where}: unknown class '{label}'; valid classes: {', '.join(classes)}")
+    raise UserError(f"{where}: class '{label}' matches {', '.join(classes[k] for k in hits)} (they differ only in "
+                    "case); write the class name exactly")
+
+
 def read_labels(csv_path: Path, indices: Sequence[int], classes: Sequence[str],
                 resume: str = "camssl active --out DIR --resume") -> Tensor:
     """The labels (class ids, in the order of ``indices``) that a person wrote into ``csv_path``.
@@ -69,7 +89,6 @@ def read_labels(csv_path: Path, indices: Sequence[int], classes: Sequence[str],
     if reader.fieldnames is None or not set(COLUMNS) <= {f.strip() for f in reader.fieldnames}:
         raise UserError(f"labels file '{csv_path}' needs the columns {','.join(COLUMNS)} (header row); {fix}")
     wanted = {query_name(i): k for k, i in enumerate(indices)}
-    by_name = {c: k for k, c in enumerate(classes)}
     labels = [-1] * len(indices)
     seen: set[str] = set()
     for line, row in enumerate(reader, start=2):
@@ -86,10 +105,7 @@ def read_labels(csv_path: Path, indices: Sequence[int], classes: Sequence[str],
         k = wanted[name]
         if not label:
             continue
-        if label not in by_name:
-            raise UserError(f"labels file '{csv_path}', line {line}: unknown class '{label}' for '{name}'; "
-                            f"valid classes: {', '.join(classes)}")
-        labels[k] = by_name[label]
+        labels[k] = match_class(label, classes, f"labels file '{csv_path}', line {line}, '{name}'")
     missing = [query_name(i) for i, y in zip(indices, labels, strict=True) if y == -1]
     if missing:
         raise UserError(f"{len(missing)} of the {len(indices)} queried images in '{csv_path}' have no label yet "
