@@ -156,12 +156,15 @@ def add_table_arguments(p: argparse.ArgumentParser) -> None:
                    help="also compare the validation accuracy after these epochs (convergence), e.g. 1,2,4")
     p.add_argument("--curves", default=None, metavar="KEY,KEY,...",
                    help="per-epoch curves of these logged metrics, e.g. imputed_acc,imputed_rows_pl_acc")
+    p.add_argument("--time-curves", action="store_true",
+                   help="validation accuracy against wall-clock minutes (scaled to the 450 ms yardstick machine)")
 
 
 def cmd_table(args: argparse.Namespace) -> int:
     """``camssl table``: write the tables and the figure of a sweep."""
     paths = write_tables(args.sweep_dir, args.out, args.select, name=args.name, compare=args.compare,
-                         epochs=args.epochs, curve_keys=[k for k in (args.curves or "").split(",") if k])
+                         epochs=args.epochs, curve_keys=[k for k in (args.curves or "").split(",") if k],
+                         time_curves=args.time_curves)
     sr_note = SweepResults.load(args.sweep_dir)
     print(f"{len(sr_note.results)} of {len(sr_note.plan['runs'])} runs finished")
     for p in paths:

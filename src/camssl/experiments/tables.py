@@ -84,7 +84,7 @@ def _paper_ms(cell: tuple[float, float] | None) -> str:
 
 def build_tables(
     sr: SweepResults, select: str = "final", reading: str | None = None, compare: list[Comparison] | None = None,
-    epochs: list[int] = (), curve_keys: list[str] = (),
+    epochs: list[int] = (), curve_keys: list[str] = (), time_curves: bool = False,
 ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """(results.md text, results.csv rows, runs.csv rows) of a sweep.
 
@@ -92,7 +92,8 @@ def build_tables(
     (:func:`write_tables` carries it over from the results.md it replaces). ``compare``:
     pairs of settings to compare (default :func:`compare.default_comparisons`); ``epochs``:
     also compare the validation accuracy after these epochs; ``curve_keys``: per-epoch
-    curves of these logged metrics (:mod:`camssl.experiments.compare`).
+    curves of these logged metrics (:mod:`camssl.experiments.compare`); ``time_curves``:
+    accuracy against wall-clock minutes (:mod:`camssl.experiments.timecurves`).
     """
     if select not in SELECTIONS:
         raise UserError(f"--select {select} is invalid; choose one of: {', '.join(SELECTIONS)}")
@@ -121,6 +122,10 @@ def build_tables(
     md += _md_maps(sr, ratios, [*columns, *ablations[:1], *baselines[:1]])
     md += md_diagnostics(sr)
     md += md_curves(sr, curve_keys)
+    if time_curves:
+        from camssl.experiments.timecurves import md_time_curves
+
+        md += md_time_curves(sr)
     md += _md_missing(sr)
     runs_rows = run_rows(sr)
     return "\n".join(md).rstrip() + "\n", csv_rows, runs_rows
@@ -447,9 +452,12 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 def write_tables(
     sweep_dir: str | Path, out: str | Path | None = None, select: str = "final", *, name: str = "results",
     compare: Sequence[str] | None = None, epochs: str | None = None, curve_keys: Sequence[str] = (),
+    time_curves: bool = False,
 ) -> list[Path]:
     """Write NAME.md, NAME.csv, the runs' CSV, Figure 3 (and the curves' figure); returns their paths.
 
+    ``time_curves``: validation accuracy against (scaled) wall-clock minutes, a table per setting
+    and NAME-time.png (:mod:`camssl.experiments.timecurves`).
     ``name`` "results" (default) gives results.md, results.csv, runs.csv, figure3.png; another
     name X gives X.md, X.csv, X-runs.csv, X-figure3.png (several sweeps' tables in one
     docs/ folder). ``compare`` ("A:B" texts), ``epochs`` ("1,2,4") and ``curve_keys``: see
@@ -463,7 +471,8 @@ def write_tables(
     pairs = None if not compare else parse_comparisons(sr, compare)
     md_path = out / f"{name}.md"
     md, rows, runs = build_tables(sr, select, reading=io.kept_section(md_path, READING_BEGIN, READING_END),
-                                  compare=pairs, epochs=parse_epochs(epochs), curve_keys=list(curve_keys))
+                                  compare=pairs, epochs=parse_epochs(epochs), curve_keys=list(curve_keys),
+                                  time_curves=time_curves)
     stem = "" if name == "results" else f"{name}-"
     paths = [md_path, out / f"{name}.csv", out / f"{stem}runs.csv", out / f"{stem}figure3.png"]
     io.write_text(paths[0], md)
@@ -474,4 +483,11 @@ def write_tables(
     if png is not None:
         paths.append(out / f"{stem}curves.png")
         io.write_bytes(paths[-1], png)
+    if time_curves:
+        from camssl.experiments.timecurves import time_curves_png
+
+        png = time_curves_png(sr)
+        if png is not None:
+            paths.append(out / f"{stem}time.png")
+            io.write_bytes(paths[-1], png)
     return paths

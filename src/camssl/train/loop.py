@@ -340,6 +340,7 @@ class Trainer:
             if val["acc"] > s.best["val_acc"]:
                 s.best = {"val_acc": val["acc"], "epoch": s.epoch}
                 improved = True
+        record["wall_s"] = s.elapsed()  # the run's wall time so far (accuracy against time, docs/results-fast.md)
         s.history.append(record)
         self.save(improved)
         s.segment_epochs += 1
