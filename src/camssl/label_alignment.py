@@ -4,7 +4,7 @@ After Jackson & Schulman, "Semi-Supervised Learning by Label Gradient Alignment"
 1902.02336). Only the paper's abstract is public: it maps a point (x, y) to the gradient of
 the model at (x, y) and imputes labels by gradient descent on them, so that the unlabeled
 data's gradient comes close to the labeled data's. Everything else here is *camssl's
-choice* (docs: ../shared/docs/method.md §3):
+choice* (docs/methods.md §3):
 
 - imputed labels are logits Z (one row per unlabeled sample), q = softmax(Z / T);
 - g_L = ∇_θ CE(f(x_L), y_L) and g_U(q) = ∇_θ mean_j CE(f(x_U,j), q_j), both batch means;

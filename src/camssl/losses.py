@@ -358,7 +358,7 @@ def vat_loss(
 #
 # Wang et al., "CAM-loss: towards learning spatially discriminative feature representations"
 # (ICCV 2021, arXiv 2109.01359). Only the abstract is public; what it does not fix is
-# camssl's decision, marked as such below (../shared/docs/method.md §2).
+# camssl's decision, marked as such below (docs/methods.md §2).
 
 from camssl.cam import caam, cam  # noqa: E402  (kept with the block it serves)
 

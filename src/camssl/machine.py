@@ -94,7 +94,7 @@ def yardstick_ms() -> float | None:
     """This machine's time (ms) of a plain fp32 training step of ResNet-18 width 0.5 at batch 64 on the CPU.
 
     camssl's CPU budgets are stated for a machine where this takes 450 ms; a time measured
-    here scales by ``450 / yardstick_ms()``. Measured once per process (about 2 s);
+    here scales by ``450 / yardstick_ms()``. Measured once per process (a few training steps);
     ``CAMSSL_YARDSTICK=0`` in the environment skips it (None), e.g. in the test suite.
     """
     if os.environ.get("CAMSSL_YARDSTICK", "1") == "0":

@@ -15,7 +15,7 @@ records every labeled image's cycle and strategy and every cycle's results.
 - :mod:`.probe` — the fixed-feature experiment (a frozen model, a linear-probe task model);
 - :mod:`.config` — the ``active:`` config section.
 
-REVIVAL (Guo et al., ICCV 2021) is implemented as camssl formulates it (docs/method.md §4):
+REVIVAL (Guo et al., ICCV 2021) is implemented as camssl formulates it (docs/methods.md §4):
 no public code exists and only slides are available, so every formula here is camssl's.
 """
 

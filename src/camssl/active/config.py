@@ -14,7 +14,7 @@ An active-learning config is a training config (``base:``, ``data:``, ``model:``
       revival: {k: 50, guard: cap}
 
 Every default below that the issue and the slides do not fix is *camssl's choice*
-(docs/method.md §4 and the README's "Active learning (REVIVAL)" section say which).
+(docs/methods.md §4 and docs/active-learning.md say which).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Graph-based label propagation (after Iscen et al., CVPR 2019): REVIVAL's virtual labels.
 
-camssl's formulation (docs/method.md §4; the REVIVAL slides give no formulas):
+camssl's formulation (docs/methods.md §4; the REVIVAL slides give no formulas):
 
 1. features are L2-normalised; s_ij = cosine similarity;
 2. kNN graph: each node keeps its k most similar other nodes (exact search, a chunked
@@ -15,14 +15,11 @@ camssl's formulation (docs/method.md §4; the REVIVAL slides give no formulas):
    ``max(F, 0)`` normalised to sum 1 (uniform for a row with no mass: a node that no
    labeled node reaches); confidence = ``1 - H(F_hat) / log C``.
 
-The exact kNN search costs O(N² D) multiply-adds: about 2·10^11 for 40,000 nodes and 128
-features. Measured against faiss-cpu 1.15's exact inner-product index (IndexFlatIP) on this
-project's 2-core machine, one thread each, beside another job (2026-12-01; random unit
-vectors, D = 128, k = 50, identical neighbours): 10,000 nodes 0.77 s here vs 0.51 s,
-40,000 nodes 12.1 s vs 6.2 s. faiss halves the search, but at 40,000 nodes the search is a
-few percent of REVIVAL's selection (the perturbation of every pool image dominates), so
-camssl keeps the torch product: no extra dependency, and it runs on the GPU with the model
-(``scripts/active_select_bench.py --faiss`` repeats the comparison).
+The exact kNN search costs O(N² D) multiply-adds. faiss-cpu's exact index is faster, but
+the search is a small part of REVIVAL's selection (the perturbation of every pool image
+dominates), so camssl keeps the torch product: no extra dependency, and it runs on the GPU
+with the model. The measurement behind this choice is in docs/active-learning.md
+(``scripts/active_select_bench.py --faiss`` repeats it).
 """
 
 from __future__ import annotations

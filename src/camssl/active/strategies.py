@@ -11,13 +11,13 @@ generator. It returns ``budget`` distinct pool positions. Register your own with
         top2 = ctx.pool_logits().softmax(1).topk(2, dim=1).values
         return top_scores(ctx, -(top2[:, 0] - top2[:, 1]), budget)
 
-``revival`` is camssl's formulation of Guo et al. (ICCV 2021; docs/method.md §4; no
+``revival`` is camssl's formulation of Guo et al. (ICCV 2021; docs/methods.md §4; no
 public code exists, the slides give no formulas): virtual labels by label propagation on
 the kNN graph of the features (:mod:`camssl.active.propagation`); a virtual adversarial
 perturbation of each pool image against its virtual label; score = KL(virtual label ||
 task model's prediction on the perturbed image); top ``budget`` with a diversity guard
 (default: at most ``ceil(cap · budget / C)`` queries per virtual label). The virtual label
-is the soft F_hat by default (``revival.target=soft``, docs/method.md §4) or the one-hot
+is the soft F_hat by default (``revival.target=soft``, docs/methods.md §4) or the one-hot
 argmax of F (``hard``). With features that cluster poorly F_hat is close to uniform (the
 slow, class-independent part of (I - αW)^-1 dominates at α = 0.99), and the score then
 ranks mostly by the model's confidence on the perturbed image; ``hard`` keeps the graph's

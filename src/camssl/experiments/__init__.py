@@ -9,9 +9,9 @@ run) with one extra section, ``sweep:``, that spans the grid::
     sweep:
       seeds: [0, 1, 2]              # or a count: 3 means [0, 1, 2]
       ratios: [0.5, 1.0, 2.0]       # split.ratio of every grid setting
-      settings:                     # name: config changes; each runs at every ratio and seed
-        gradcam-layer3: {method.name: gradcam, method.layers: [layer3]}
-        pseudo_label: {method.name: pseudo_label}
+      settings:                     # name: config changes (and role); each runs at every ratio and seed
+        gradcam-layer3: {method.name: gradcam, method.gradcam.layers: [layer3], role: method}
+        pseudo_label: {method.name: pseudo_label, role: ablation}
       baseline:                     # name: config changes; runs once per seed (no ratio)
         supervised: {method.name: supervised, split.ratio: 0}
 

@@ -417,7 +417,7 @@ def _md_maps(sr: SweepResults, ratios: list[float], settings: list[str]) -> list
         "From each run's last `metrics.jsonl` record (64 fixed validation images, eval mode): `map_agreement` is "
         "the mean correlation between an image's Grad-CAM map carried into its strong view and the view's own map "
         "(a blank map counts 0); `blank` is the share of images whose map is all zero. Each setting is measured "
-        "at its own target layer (shown in the header; runs without Grad-CAM at `method.layers`' first entry). "
+        "at its own target layer (shown in the header; runs without Grad-CAM at `method.gradcam.layers`' first entry). "
         "Cells: agreement / blank, mean over seeds.",
         "",
     ]
