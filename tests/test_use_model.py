@@ -8,6 +8,7 @@ hash, a 404, a truncated body, and a closed port (no network).
 from __future__ import annotations
 
 import csv
+import hashlib
 import http.server
 import json
 import struct
@@ -156,7 +157,11 @@ def test_your_own_backbone_trains_with_gradcam_and_draws_maps_with_layer_auto(tm
 
 
 class _Server:
-    """A loopback HTTP server with one file per path; counts the requests; can lie about a body's length."""
+    """A loopback HTTP server with one file per path; counts the requests; can lie about a body's length.
+
+    It also answers HEAD requests the way the Hugging Face Hub does (a commit and an ETag),
+    so ``hf://`` weights are fetched from it with ``HF_ENDPOINT`` pointing here.
+    """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -165,16 +170,26 @@ class _Server:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                outer.requests.append(self.path)
+            def _head(self) -> bytes | None:
+                outer.requests.append(f"{self.command} {self.path}")
                 body = outer.files.get(self.path)
                 if body is None:
                     self.send_error(404, "Not Found")
-                    return
+                    return None
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("ETag", '"' + hashlib.sha256(body).hexdigest() + '"')
                 self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if self.path in outer.truncate else body)
+                return body
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._head()
+
+            def do_GET(self) -> None:  # noqa: N802
+                body = self._head()
+                if body is not None:
+                    self.wfile.write(body[: len(body) // 2] if self.path in outer.truncate else body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -203,8 +218,6 @@ def _weights(tmp_path: Path) -> bytes:
 
 
 def test_a_url_is_downloaded_once_checked_and_then_read_from_the_cache(server, tmp_path):
-    import hashlib
-
     body = _weights(tmp_path)
     server.files["/w/resnet.pt"] = body
     digest = hashlib.sha256(body).hexdigest()
@@ -241,3 +254,22 @@ def test_torchvision_names_map_onto_resnet50_imagenet(server, monkeypatch):
     from camssl.config import load_config
 
     assert load_config("paper").model.pretrained == "torchvision:resnet50"
+
+
+def test_hf_weights_come_through_huggingface_hub(server, tmp_path):
+    """hf://owner/repo/file through huggingface_hub, its endpoint set to the loopback server (a process of its own:
+    the client reads HF_ENDPOINT when it is imported)."""
+    import os
+    import subprocess
+    import sys
+
+    body = _weights(tmp_path)
+    server.files["/owner/repo/resolve/main/w/model.pt"] = body
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1",
+           "HF_HUB_OFFLINE": "0"}
+    code = ("from camssl.models.pretrained import resolve_pretrained; "
+            f"print(resolve_pretrained('hf://owner/repo/w/model.pt', '{hashlib.sha256(body).hexdigest()[:12]}'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).read_bytes() == body
+    assert any(r.startswith("GET /owner/repo/resolve/main/w/model.pt") for r in server.requests)
