@@ -244,3 +244,34 @@ def test_drive_the_trainer_example(tmp_path, monkeypatch):
     exec(compile(code, "docs/usage.md", "exec"), ns)
     assert ns["result"]["steps"] == 2 and (tmp_path / "runs/cycle0/result.json").exists()
     assert ns["model"] is ns["trainer"].net
+
+
+def test_the_use_your_model_commands_run(tmp_path):
+    """predict and export on a trained run at the README's paths; the timm line with the tests' own backbone
+    (timm cannot be installed beside this torch) in place of ``timm:create_model``."""
+    from PIL import Image
+
+    from camssl.config import load_config
+    from camssl.data import load_data
+
+    run = tmp_path / "runs" / "my-run"
+    in_process(["train", "--method", "supervised", "amp=false", *TINY, "--out", str(run)])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    test = load_data(load_config("demo").data).test
+    for i in range(6):
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(photos / f"{i}.png")
+    section = README.split("## Use your model", 1)[1].split("\n## ", 1)[0]
+    lines = commands(section)
+    assert [line[0] for line in lines] == ["predict", "export", "train"]
+    swap = {"runs/my-run": str(run), "photos/": str(photos), "predictions.csv": str(tmp_path / "p.csv"),
+            "cams/": str(tmp_path / "cams"), "model.onnx": str(tmp_path / "model.onnx"),
+            "timm:create_model": "camssl_test_backbones:small", "model.args={model_name: resnet18}": "model.args={width: 4}"}
+    for line in lines:
+        args = [swap.get(a, a) for a in line]
+        if args[0] == "train":
+            args += [*TINY, "--method", "gradcam", "--out", str(tmp_path / "own")]
+        in_process(args)
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 7 and len(list((tmp_path / "cams").iterdir())) == 6
+    assert (tmp_path / "model.onnx").stat().st_size > 0
+    assert "- features" in (tmp_path / "own" / "config.yaml").read_text()  # --layer auto, resolved and recorded
