@@ -11,9 +11,10 @@ still run:
 1. ``cam``      Grad-CAM (``camssl.cam.grad_cam`` on a camssl ResNet-18) against captum's
                 ``LayerGradCam`` at every stage, in eval and train mode, in float32 and
                 under bf16 (and, on CUDA, fp16) autocast, with stated tolerances.
-2. ``amp``      one epoch of every method (supervised, pseudo_label, gradcam @ layer3 in
-                ``grad_mode`` full and detach-weights) with AMP bf16, and with fp16 +
-                GradScaler where the config lets fp16 be chosen (an ``amp_dtype`` field).
+2. ``amp``      one epoch of every registered method (gradcam @ layer3 in both ``grad_mode``\s,
+                cam_kd with the supervised run as its teacher, and fixmatch on airnet, the fast
+                regime's network) with AMP bf16, and with fp16 + GradScaler where the config
+                lets fp16 be chosen (an ``amp_dtype`` field).
 3. ``torchrun`` ``torchrun --standalone --nproc-per-node N -m camssl train ...`` (NCCL on
                 CUDA, gloo on the CPU).
 4. ``bench``    ``camssl bench`` with bounded sizes (step-cost ratios, images/s).
@@ -529,6 +530,7 @@ def amp_methods(ctx: Ctx) -> list[tuple[str, list[str]]]:
                     for mode in ("full", "detach-weights")]
         else:
             out.append((name, []))
+    out.append(("fixmatch@airnet", ["--model", "airnet", "model.pool=avg"]))  # the fast regime's network
     return out + [(name, ["--teacher", "{supervised}"]) for name in teacher_users]
 
 
