@@ -11,6 +11,8 @@
     camssl table SWEEP_DIR                                     tables, paired CIs, figure
     camssl active --data DIR --strategy revival --out DIR      active learning (REVIVAL, random, entropy, coreset)
     camssl active --out DIR --resume                           ... continued (after a kill, or labels filled in)
+    camssl active --out DIR --resume --labels EXPORT           ... with the labels of a Label Studio export
+    camssl active-export DIR --format labelstudio              a run's pending query as Label Studio tasks
     camssl active-table DIR... --out DIR                       accuracy-vs-labels curves, paired CIs vs random
     camssl bench [--quick]                                     step cost per method (docs/benchmarks.md)
     camssl download cifar10 DIR

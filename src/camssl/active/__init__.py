@@ -3,14 +3,14 @@
 ``camssl active --data DIR --strategy revival --initial 500 --budget 250 --cycles 4 --out runs/al``
 runs :func:`run_active`: train a camssl method (default ``pseudo_label``) on the labeled
 set and the unlabeled pool, score the pool, query ``budget`` images, reveal their labels
-(simulated from the data, or by a person through a CSV), retrain; ``OUT/active.json``
+(simulated from the data, or by a person through a CSV or Label Studio), retrain; ``OUT/active.json``
 records every labeled image's cycle and strategy and every cycle's results.
 
 - :mod:`.loop` — the cycles (:func:`run_active`); :mod:`.state` — active.json;
 - :mod:`.strategies` — ``random``, ``entropy``, ``coreset``, ``revival`` (registry :data:`STRATEGIES`);
 - :mod:`.propagation` — kNN graph and label propagation by conjugate gradient;
 - :mod:`.pool` — features and logits of the pool, the strategies' context, diagnostics;
-- :mod:`.oracle` — the simulated and the files oracle;
+- :mod:`.oracle` — the simulated and the files oracle; :mod:`.labelstudio` — the Label Studio oracle;
 - :mod:`.curves` — accuracy-vs-labels tables and figure (``camssl active-table``);
 - :mod:`.probe` — the fixed-feature experiment (a frozen model, a linear-probe task model);
 - :mod:`.config` — the ``active:`` config section.

@@ -1,4 +1,4 @@
-"""Command-line glue of ``camssl active`` and ``camssl active-table``."""
+"""Command-line glue of ``camssl active``, ``camssl active-export`` and ``camssl active-table``."""
 
 from __future__ import annotations
 
@@ -14,18 +14,26 @@ ACTIVE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--initial": ("initial", int, "size of the class-balanced initial labeled set [500]"),
     "--budget": ("budget", int, "images queried per cycle [250]"),
     "--cycles": ("cycles", int, "query rounds (the loop trains cycles + 1 times) [4]"),
-    "--oracle": ("oracle", str, "simulated: the data's labels; files: you fill in a CSV, then --resume [simulated]"),
+    "--oracle": ("oracle", str, "simulated: the data's labels; files: you fill in a CSV, then --resume; labelstudio: "
+                 "you label in Label Studio, then --resume --labels EXPORT (docs/labelstudio.md) [simulated]"),
 }
 NOT_FOR_ACTIVE = ("--labeled", "--ratio")
 DEFAULT_METHOD = "pseudo_label"  # the task model's method with a plain training preset (demo, cpu, paper)
 
 
 def add_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    """``camssl active`` and ``camssl active-table``."""
+    """``camssl active``, ``camssl active-export`` and ``camssl active-table``."""
     p = sub.add_parser("active", parents=parents,
                        help="active learning: train, query the pool, label, retrain (REVIVAL)")
     add_active_arguments(p)
     p.set_defaults(func=cmd_active, resume_hint="camssl active --out {out} --resume")
+    p = sub.add_parser("active-export", parents=parents,
+                       help="an active-learning run's pending query as Label Studio tasks (docs/labelstudio.md)")
+    p.add_argument("out", help="the active-learning folder (camssl active --out)")
+    p.add_argument("--format", choices=["labelstudio"], default="labelstudio", help="what to write [labelstudio]")
+    p.add_argument("--root", default=None, help="the folder Label Studio serves files from "
+                   "(LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); it must hold OUT [OUT]")
+    p.set_defaults(func=cmd_active_export)
     p = sub.add_parser("active-table", parents=parents, help="accuracy-vs-labels curves of active-learning runs")
     add_active_table_arguments(p)
     p.set_defaults(func=cmd_active_table)
@@ -43,6 +51,8 @@ def add_active_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (active.json, cycle_0/, cycle_1/, ...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (after a kill, or once the "
                    "files oracle's CSV is filled in)")
+    p.add_argument("--labels", default=None, metavar="EXPORT", help="with --resume: Label Studio's export (JSON, "
+                   "JSON-MIN or CSV) of the pending query's tasks, checked as a whole before it is used")
 
 
 def _given(args: argparse.Namespace) -> list[str]:
@@ -70,7 +80,7 @@ def cmd_active(args: argparse.Namespace) -> int:
     from camssl.text import fmt_pct
 
     cfg, acfg = configs_from_args(args) if (not args.resume or _given(args)) else (None, None)
-    state = run_active(cfg, acfg, args.out, resume=args.resume)
+    state = run_active(cfg, acfg, args.out, resume=args.resume, labels=args.labels)
     if state.pending is None:
         print("cycle  labels  test acc  virtual acc before -> after  train s  selection s")
         for r in summary(state):
@@ -79,6 +89,40 @@ def cmd_active(args: argparse.Namespace) -> int:
                   f"{fmt_pct(r['virtual_acc_before']):>8} -> {fmt_pct(r['virtual_acc_after']):<8}      "
                   f"{r['train_s']:>7.1f}  {sel:>11}")
     return 0
+
+
+def cmd_active_export(args: argparse.Namespace) -> int:
+    from camssl.active import labelstudio
+    from camssl.active.oracle import query_name, query_paths
+    from camssl.active.state import ActiveState
+
+    out = Path(args.out)
+    state = ActiveState.load(out)
+    if state.pending is None:
+        raise UserError(f"nothing to export: '{out}' has no query waiting for labels ("
+                        f"{'the run is finished' if state.finished else 'the loop has not queried yet'})")
+    if state.active["oracle"] == "simulated":
+        raise UserError(f"nothing to export: '{out}' uses the simulated oracle (the data's labels); "
+                        f"run camssl active --out {out} --resume")
+    root = labelstudio.check_root(out, Path(args.root) if args.root else out)
+    folder = query_paths(out, state.pending["cycle"])[1]
+    missing = any(not (folder / query_name(i)).exists() for i in state.pending["index"])
+    images = _train_images(state, out) if missing else None
+    labelstudio.write_query(out, state, state.active["strategy"], images, root)
+    print(labelstudio.instructions(out, state.pending["cycle"], root))
+    return 0
+
+
+def _train_images(state, out: Path):  # -> Tensor: every training image, checked against the run's data
+    from camssl.config import TrainConfig, from_dict
+    from camssl.data import load_data
+
+    cfg = from_dict(TrainConfig, state.train_config)
+    data = load_data(cfg.data, seed=cfg.split.seed)
+    if data.fingerprint != state.fingerprint:
+        raise UserError(f"the data of '{out}' differs from the data found now (fingerprint {state.fingerprint} vs "
+                        f"{data.fingerprint}); the query's images cannot be written")
+    return data.train.images
 
 
 def add_active_table_arguments(p: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ STRATEGIES: dict[str, Callable[..., Any]] = {}
 
 Guard = Literal["cap", "kcenter", "none"]
 Target = Literal["soft", "hard"]
-Oracle = Literal["simulated", "files"]
+Oracle = Literal["simulated", "files", "labelstudio"]
 
 
 @dataclass
@@ -77,7 +77,7 @@ class ActiveConfig:
     initial: int = 500  # class-balanced initial labeled set (at least one image per class)
     budget: int = 250  # images queried per cycle
     cycles: int = 4  # query rounds; the loop trains cycles + 1 times (cycle 0 on the initial set)
-    oracle: Oracle = "simulated"  # simulated: the data's labels; files: a person fills in a CSV
+    oracle: Oracle = "simulated"  # simulated: the data's labels; files: a person fills in a CSV; labelstudio
     warm_start: bool = False  # start each cycle from the previous cycle's final weights (default: re-initialise)
     score_batch_size: int = 256  # images per forward when scoring the pool
     subset: int = 0  # > 0: each cycle scores a fresh random subset of this many pool images (+ the labeled set)

@@ -6,6 +6,7 @@ Layout of ``OUT``::
     cycle_0/ ... cycle_K/ one ordinary camssl run directory per cycle (config.yaml, split.json,
                           last.pt, result.json ...; ``camssl train --resume OUT/cycle_2`` works)
     queries/cycle_<c>.csv the files oracle's queries (and the images, queries/cycle_<c>/)
+    queries/cycle_<c>.labelstudio.json, queries/labelstudio.xml   the Label Studio oracle's tasks and config
 
 Cycle 0 trains on the initial labeled set; each of the ``cycles`` query rounds then scores
 the pool with the cycle's final model, queries ``budget`` images, and the next cycle
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+import camssl.active.labelstudio as labelstudio
 import camssl.active.oracle as oracle
 from camssl.active.config import ActiveConfig, active_config
 from camssl.active.pool import pool_context, virtual_label_accuracy
@@ -49,17 +51,24 @@ from camssl.text import fmt_pct
 
 
 def run_active(cfg: TrainConfig | None, acfg: ActiveConfig | None, out: str | Path, *, resume: bool = False,
-               log: Callable[[str], None] = print) -> ActiveState:
+               log: Callable[[str], None] = print, labels: str | Path | None = None) -> ActiveState:
     """Run (or continue, with ``resume``) the active-learning loop in ``out``; returns the final state.
 
     With ``resume``, ``cfg`` and ``acfg`` may be None (the saved ones are used); given, they
-    must equal the saved ones. Returns early, with ``state.pending`` set, when the files
-    oracle waits for labels.
+    must equal the saved ones. Returns early, with ``state.pending`` set, when the files or
+    the Label Studio oracle waits for labels. ``labels`` (with ``resume``): Label Studio's
+    export of the pending query's tasks, checked as a whole before anything runs.
     """
     out = Path(out)
+    revealed = None
+    if labels is not None and not resume:
+        raise UserError("--labels needs --resume: it gives the labels of a run's pending query "
+                        "(camssl active --out DIR --resume --labels EXPORT)")
     if resume:
         state = ActiveState.load(out)
         cfg, acfg = _check_same(state, cfg, acfg, out)
+        if labels is not None:
+            revealed = labelstudio.labels_for_pending(Path(labels), state, acfg.oracle, out)
     else:
         if cfg is None or acfg is None:
             raise UserError("nothing to run: give a config (or --resume an active-learning run)")
@@ -73,7 +82,7 @@ def run_active(cfg: TrainConfig | None, acfg: ActiveConfig | None, out: str | Pa
         state = _new_state(cfg, acfg, data)
         out.mkdir(parents=True, exist_ok=True)
         state.save(out)
-    return _Loop(cfg, acfg, out, data, state, log).run()
+    return _Loop(cfg, acfg, out, data, state, log, revealed).run()
 
 
 def _check_out(out: Path) -> None:
@@ -140,8 +149,9 @@ def _new_state(cfg: TrainConfig, acfg: ActiveConfig, data: DataBundle) -> Active
 
 class _Loop:
     def __init__(self, cfg: TrainConfig, acfg: ActiveConfig, out: Path, data: DataBundle, state: ActiveState,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], revealed: list[int] | None = None) -> None:
         self.cfg, self.acfg, self.out, self.data, self.state, self.log = cfg, acfg, out, data, state, log
+        self.revealed = revealed  # the pending query's labels from a Label Studio export (--labels)
         self.device = pick_device(cfg.device)
         self.val = torch.tensor(state.val, dtype=torch.long)
         not_val = torch.ones(len(data.train), dtype=torch.bool)
@@ -232,7 +242,10 @@ class _Loop:
         record = self.state.cycles[c]
         record["query"] = {"index": chosen, **diag, "scored_pool": len(nodes) - len(labeled), "info": sel.info}
         record["time"].update(features_s=t1 - t0, select_s=t2 - t1, diagnostics_s=t3 - t2)
-        self.state.pending = {"cycle": c + 1, "index": chosen, "csv": None}
+        prob, predicted = ctx.logits[sel.positions].float().softmax(1).max(1)  # shown to a labeller (Label Studio)
+        self.state.pending = {"cycle": c + 1, "index": chosen, "csv": None,
+                              "score": None if sel.scores is None else sel.scores.tolist(),
+                              "predicted": predicted.tolist(), "prob": prob.tolist()}
         self.state.save(self.out)
         share = (t2 - t0) / max(record["time"]["train_s"], 1e-9)
         self.log(f"cycle {c}: queried {len(chosen)} images with {self.acfg.strategy} in {t2 - t0:.1f}s "
@@ -252,12 +265,24 @@ class _Loop:
         return torch.cat([labeled, pick]).sort().values
 
     def _label(self, cycle: int) -> bool:
-        """Reveal the pending query's labels; False when the files oracle waits for a person."""
+        """Reveal the pending query's labels; False when the files or the Label Studio oracle waits for a person."""
         pending = self.state.pending
         assert pending is not None and pending["cycle"] == cycle
         index = pending["index"]
-        if self.acfg.oracle == "simulated":
+        if self.revealed is not None:
+            labels, self.revealed = self.revealed, None
+        elif self.acfg.oracle == "simulated":
             labels = self.data.train.labels[index].tolist()
+        elif self.acfg.oracle == "labelstudio":
+            if labelstudio.tasks_path(self.out, cycle).exists():
+                raise UserError(f"the query for cycle {cycle} waits for its labels from Label Studio: label its "
+                                f"{len(index)} tasks, export the project ({labelstudio.FORMATS}) and run camssl active "
+                                f"--out {self.out} --resume --labels EXPORT")
+            labelstudio.write_query(self.out, self.state, self.acfg.strategy, self.data.train.images)
+            pending["tasks"] = str(labelstudio.tasks_path(self.out, cycle).relative_to(self.out))
+            self.state.save(self.out)
+            self.log(labelstudio.instructions(self.out, cycle))
+            return False
         else:
             csv_path, folder = oracle.query_paths(self.out, cycle)
             if not csv_path.exists():

@@ -1,4 +1,5 @@
-"""Who reveals the queried labels: the data's own labels (``simulated``) or a person (``files``).
+"""Who reveals the queried labels: the data's own labels (``simulated``) or a person (``files``; Label Studio:
+:mod:`camssl.active.labelstudio`).
 
 The ``files`` oracle writes each queried image as a PNG file into
 ``OUT/queries/cycle_<c>/`` and a CSV ``OUT/queries/cycle_<c>.csv`` with the columns
@@ -41,12 +42,8 @@ def query_paths(out: Path, cycle: int) -> tuple[Path, Path]:
 
 def write_query(out: Path, cycle: int, indices: Sequence[int], images: Tensor) -> Path:
     """Write the queried images (uint8 N×3×H×W, all training images) as PNGs and the CSV to fill in; returns the CSV."""
-    csv_path, folder = query_paths(out, cycle)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in indices:
-        buf = _stdio.BytesIO()
-        Image.fromarray(images[i].permute(1, 2, 0).cpu().numpy().astype(np.uint8)).save(buf, format="PNG")
-        io.write_bytes(folder / query_name(i), buf.getvalue())
+    csv_path, _ = query_paths(out, cycle)
+    write_images(out, cycle, indices, images)
     rows = _stdio.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -55,10 +52,22 @@ def write_query(out: Path, cycle: int, indices: Sequence[int], images: Tensor) -
     return csv_path
 
 
-def match_class(label: str, classes: Sequence[str], where: str) -> int:
+def write_images(out: Path, cycle: int, indices: Sequence[int], images: Tensor) -> Path:
+    """Write the queried images (uint8 N×3×H×W, all training images) as PNGs into the query's folder; returns it."""
+    folder = query_paths(out, cycle)[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in indices:
+        buf = _stdio.BytesIO()
+        Image.fromarray(images[i].permute(1, 2, 0).cpu().numpy().astype(np.uint8)).save(buf, format="PNG")
+        io.write_bytes(folder / query_name(i), buf.getvalue())
+    return folder
+
+
+def match_class(label: str, classes: Sequence[str], where: str, item: str = "") -> int:
     """The class id of ``label``: exact, else the one class equal to it ignoring case and surrounding spaces.
 
-    :class:`UserError` (one line, starting with ``where``) for no match or an ambiguous one.
+    :class:`UserError` (one line, starting with ``where``, naming ``item`` when given) for no match or an
+    ambiguous one.
     """
     if label in classes:
         return list(classes).index(label)
@@ -66,9 +75,10 @@ def match_class(label: str, classes: Sequence[str], where: str) -> int:
     hits = [k for k, c in enumerate(classes) if c.strip().casefold() == key]
     if len(hits) == 1:
         return hits[0]
+    of = f" for {item}" if item else ""
     if not hits:
-        raise UserError(f"{where}: unknown class '{label}'; valid classes: {', '.join(classes)}")
-    raise UserError(f"{where}: class '{label}' matches {', '.join(classes[k] for k in hits)} (they differ only in "
+        raise UserError(f"{where}: unknown class '{label}'{of}; valid classes: {', '.join(classes)}")
+    raise UserError(f"{where}: class '{label}'{of} matches {', '.join(classes[k] for k in hits)} (they differ only in "
                     "case); write the class name exactly")
 
 
@@ -105,7 +115,7 @@ def read_labels(csv_path: Path, indices: Sequence[int], classes: Sequence[str],
         k = wanted[name]
         if not label:
             continue
-        labels[k] = match_class(label, classes, f"labels file '{csv_path}', line {line}, '{name}'")
+        labels[k] = match_class(label, classes, f"labels file '{csv_path}', line {line}", f"'{name}'")
     missing = [query_name(i) for i, y in zip(indices, labels, strict=True) if y == -1]
     if missing:
         raise UserError(f"{len(missing)} of the {len(indices)} queried images in '{csv_path}' have no label yet "

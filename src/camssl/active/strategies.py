@@ -44,10 +44,13 @@ from camssl.losses import entropy, kl_from_logits, target_logits, vat_perturbati
 
 @dataclass
 class Selection:
-    """``positions``: the chosen pool nodes (into the context's node list), in the order chosen."""
+    """``positions``: the chosen pool nodes (into the context's node list), in the order chosen;
+    ``scores``: the acquisition score of each (higher: wanted more), or None for a strategy without
+    one (``random``)."""
 
     positions: Tensor
     info: dict[str, Any] = field(default_factory=dict)  # numbers worth recording (in active.json)
+    scores: Tensor | None = None
 
 
 @dataclass
@@ -113,7 +116,8 @@ def register(name: str) -> Callable[[Strategy], Strategy]:
 def top_scores(ctx: PoolContext, scores: Tensor, budget: int) -> Selection:
     """The ``budget`` pool nodes of highest ``scores`` (one per pool node; ties: the earlier node)."""
     order = torch.argsort(scores.cpu(), descending=True, stable=True)[:budget]
-    return Selection(ctx.pool()[order], {"score_mean_chosen": float(scores.cpu()[order].mean())})
+    chosen = scores.cpu()[order].float()
+    return Selection(ctx.pool()[order], {"score_mean_chosen": float(chosen.mean())}, chosen)
 
 
 @register("random")
@@ -129,9 +133,11 @@ def entropy_strategy(ctx: PoolContext, budget: int) -> Selection:
     return top_scores(ctx, entropy(ctx.pool_logits()), budget)
 
 
-def k_center_greedy(features: Tensor, centers: Tensor, candidates: Tensor, budget: int, chunk: int = 4096) -> Tensor:
+def k_center_greedy(features: Tensor, centers: Tensor, candidates: Tensor, budget: int, chunk: int = 4096,
+                    distances: list[float] | None = None) -> Tensor:
     """Greedy k-center (Sener & Savarese's core-set): ``budget`` of ``candidates`` (positions), each the farthest
-    (Euclidean, on ``features``) from the centers and the candidates chosen before it; the earlier one on ties."""
+    (Euclidean, on ``features``) from the centers and the candidates chosen before it; the earlier one on ties.
+    ``distances``, when given, receives each pick's distance to its nearest center at the time it was picked."""
     feats = features.float()
     cand = feats[candidates.to(feats.device)]
     sq = (cand * cand).sum(1)
@@ -144,6 +150,8 @@ def k_center_greedy(features: Tensor, centers: Tensor, candidates: Tensor, budge
     for _ in range(budget):
         i = int(torch.argmax(nearest))
         chosen.append(i)
+        if distances is not None:
+            distances.append(float(nearest[i].clamp_min(0).sqrt()))
         d = (sq - 2 * cand @ cand[i] + sq[i]).clamp_min(0)
         nearest = torch.minimum(nearest, d)
         nearest[i] = -1.0  # never again (distances are >= 0)
@@ -152,8 +160,11 @@ def k_center_greedy(features: Tensor, centers: Tensor, candidates: Tensor, budge
 
 @register("coreset")
 def coreset_strategy(ctx: PoolContext, budget: int) -> Selection:
-    """k-center greedy on the features, the labeled nodes as the first centers."""
-    return Selection(k_center_greedy(ctx.features, ctx.labeled, ctx.pool(), budget))
+    """k-center greedy on the features, the labeled nodes as the first centers (score: the distance to the
+    nearest center when picked)."""
+    distances: list[float] = []
+    picks = k_center_greedy(ctx.features, ctx.labeled, ctx.pool(), budget, distances=distances)
+    return Selection(picks, scores=torch.tensor(distances))
 
 
 def capped_top(scores: Tensor, classes: Tensor, budget: int, num_classes: int, cap: float) -> Tensor:
@@ -225,7 +236,7 @@ def revival_strategy(ctx: PoolContext, budget: int) -> Selection:
         "virtual_class_histogram": torch.bincount(classes[picks], minlength=ctx.num_classes).tolist(),
         "cg_iterations": prop.cg_iterations,
     }
-    return Selection(pool[picks], info)
+    return Selection(pool[picks], info, scores[picks].float())
 
 
 def select(name: str, ctx: PoolContext, budget: int) -> Selection:
@@ -240,5 +251,7 @@ def select(name: str, ctx: PoolContext, budget: int) -> Selection:
     if len(pos) != budget or len(torch.unique(pos)) != budget or not bool(is_pool[pos].all()):
         raise RuntimeError(f"strategy {name!r} returned {len(pos)} positions ({len(torch.unique(pos))} distinct, "
                            f"{int(is_pool[pos].sum())} in the pool); expected {budget} distinct pool nodes")
+    if sel.scores is not None and len(sel.scores) != budget:
+        raise RuntimeError(f"strategy {name!r} returned {len(sel.scores)} scores for {budget} positions")
     sel.positions = pos
     return sel
