@@ -29,8 +29,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -39,45 +37,17 @@ import torch
 
 from camssl.config import load_config
 from camssl.train import train
-from camssl_test_methods import PLUGIN_ENV
-
-HERE = Path(__file__).parent
-TINY = ["--width", "0.125", "--labeled", "200", "--ratio", "1", "--epochs", "2",
-        "optim.batch_size=32", "threads=1"]
-
-
-def torchrun_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", **PLUGIN_ENV}
-
-
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(torchrun_cmd(*args), capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (Linux /proc)."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                out.append(int(proc.name))
-    return out
+from conftest import (TESTS, TINY_DDP, Background, child_pids, process_settings_kept, records, test_methods_registered,
+                      torchrun, wait_for_file)
 
 
 def test_ddp_gradients_are_those_of_data_parallel_sgd(tmp_path):
     out = tmp_path / "grads.json"
-    proc = torchrun(str(HERE / "ddp_grad_check.py"), str(out))
+    proc = torchrun(str(TESTS / "ddp_grad_check.py"), str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     for case in ("supervised", "pseudo_label", "gradcam_full_layer3", "gradcam_detach_layer3",
-                 "gradcam_full_layer4_closed_form"):
+                 "gradcam_full_layer4_closed_form", "fixmatch_gradcam_full_layer3"):
         assert report[case] < 1e-5, (case, report[case])  # relative to the largest gradient entry
     assert report["global_batch_eval_bn"] < 1e-4, report
 
@@ -86,14 +56,11 @@ def test_ddp_gradients_are_those_of_data_parallel_sgd(tmp_path):
 def runs(tmp_path_factory):
     """The same supervised run (unaugmented labeled view) with 2 processes and with 1."""
     root = tmp_path_factory.mktemp("ddp")
-    args = [*TINY, "--method", "index_log", "labeled_view=original"]
+    args = [*TINY_DDP, "method.name=index_log", "labeled_view=original"]
     proc = torchrun("-m", "camssl", "train", "--out", str(root / "ddp"), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = load_config("demo", [
-        "model.width=0.125", "split.n_labeled=200", "split.ratio=1", "optim.epochs=2", "optim.batch_size=32",
-        "threads=1", "method.name=index_log", "labeled_view=original", "cam_grid=false",
-    ])
-    train(single, root / "single", log=lambda s: None)
+    with test_methods_registered(), process_settings_kept():
+        train(load_config("demo", [*args, "cam_grid=false"]), root / "single", log=lambda s: None)
     return root / "ddp", root / "single", proc
 
 
@@ -141,7 +108,7 @@ def test_ranks_take_disjoint_shares_of_the_same_global_batches(runs):
 def test_result_is_close_to_one_process_with_the_same_global_batch(runs):
     ddp, single, _ = runs
     a, b = (json.loads((d / "result.json").read_text()) for d in (ddp, single))
-    ha, hb = ([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (ddp, single))
+    ha, hb = records(ddp), records(single)
     assert abs(ha[0]["loss"] - hb[0]["loss"]) < 0.05, (ha[0]["loss"], hb[0]["loss"])
     for key in ("val_acc", "test_acc"):
         assert abs(a[key] - b[key]) <= 0.06, (key, a[key], b[key])
@@ -153,7 +120,7 @@ def test_gradcam_full_mode_trains_in_two_processes(tmp_path):
     """Grad-CAM (full mode, autograd layer: double backward) end to end; --resume of a finished run keeps it."""
     run = tmp_path / "gc"
     args = ["--width", "0.125", "--labeled", "64", "--ratio", "1", "--epochs", "1", "--method", "gradcam",
-            "--layer", "layer3", "optim.batch_size=32", "method.grad_mode=full", "cam_grid=false", "threads=1"]
+            "--layer", "layer3", "optim.batch_size=32", "method.gradcam.grad_mode=full", "cam_grid=false", "threads=1"]
     proc = torchrun("-m", "camssl", "train", "--out", str(run), *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
@@ -202,29 +169,28 @@ def test_sigkilled_two_process_run_resumes_exactly(tmp_path):
     args = ["--width", "0.125", "--labeled", "320", "--ratio", "1", "--epochs", "2", "--method", "pseudo_label",
             "optim.batch_size=32", "optim.ema_decay=0.9", "deterministic=true", "cam_grid=false", "threads=1"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    proc = torchrun("-m", "camssl", "train", "--out", str(full), *args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = Background(2, "train", "--out", str(full), *args)  # trains beside the run that is killed
+    try:
+        launcher = Background(2, "train", "--out", str(killed), *args)
+        wait_for_file(killed / "last.pt", launcher.proc)
+        workers = child_pids(launcher.proc.pid)
+        assert len(workers) == 2
+        for pid in workers:  # the training processes die at once, wherever they are
+            os.kill(pid, signal.SIGKILL)
+        launcher.proc.wait(timeout=60)
+        state = torch.load(killed / "last.pt", weights_only=True)
+        assert state["train_state"]["epoch"] == 1 and len(state["rng_ranks"]) == 2
+        assert not (killed / "result.json").exists()
 
-    launcher = subprocess.Popen(torchrun_cmd("-m", "camssl", "train", "--out", str(killed), *args),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 300
-    while not (killed / "last.pt").exists():
-        assert launcher.poll() is None and time.time() < deadline
-        time.sleep(0.01)
-    workers = child_pids(launcher.pid)
-    assert len(workers) == 2
-    for pid in workers:  # the training processes die at once, wherever they are
-        os.kill(pid, signal.SIGKILL)
-    launcher.wait(timeout=60)
-    state = torch.load(killed / "last.pt", weights_only=True)
-    assert state["epoch"] == 1 and len(state["rng_ranks"]) == 2 and not (killed / "result.json").exists()
-
-    proc = torchrun("-m", "camssl", "train", "--resume", str(killed))
+        proc = torchrun("-m", "camssl", "train", "--resume", str(killed))
+        reference.wait()
+    finally:
+        reference.stop()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "after epoch 1" in proc.stdout
     a, b = (json.loads((d / "result.json").read_text()) for d in (full, killed))
     for key in ("test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "test_loss", "steps"):
         assert b[key] == pytest.approx(a[key], abs=1e-6), key
-    ra, rb = ([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, killed))
+    ra, rb = records(full), records(killed)
     for key in ("loss", "loss_p", "pl_acc", "val_acc"):
         assert rb[1][key] == pytest.approx(ra[1][key], abs=1e-6), key
