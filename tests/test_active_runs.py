@@ -111,7 +111,8 @@ def test_interruptions_between_the_loops_steps_resume_exactly(tmp_path, monkeypa
 
 def test_files_oracle_round_trip(tmp_path, capsys):
     out = tmp_path / "files"
-    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "1", "--oracle", "files", *TINY_ACTIVE]
+    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "1", "--oracle", "files",
+            *TINY_ACTIVE]
     assert main(["active", "--out", str(out), *args]) == 0
     assert "20 images to label" in capsys.readouterr().out and state(out)["pending"]["csv"] == "queries/cycle_1.csv"
     csv_path = out / "queries" / "cycle_1.csv"
@@ -248,7 +249,8 @@ def test_subset_scores_the_labeled_set_and_a_fresh_random_part_of_the_pool(tmp_p
 
     monkeypatch.setattr(loop, "select", recording)
     out = tmp_path / "subset"
-    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "2", "active.subset=60", *TINY_ACTIVE]
+    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "2", "active.subset=60",
+            *TINY_ACTIVE]
     assert main(["active", "--out", str(out), *args]) == 0
     assert seen == [(160, 100), (180, 120)]  # the labeled set so far + 60 pool images
     s = state(out)

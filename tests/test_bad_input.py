@@ -31,12 +31,12 @@ from camssl.models import build_model
 from camssl.train.ddp import check_sync_bn, check_world
 from conftest import TINY, fails, image_folder, snapshot
 
-TINY = ["--method", "supervised", *TINY]
+SUPERVISED = ["--method", "supervised", *TINY]
 
 
 @pytest.fixture
 def finished_run(supervised_run) -> Path:
-    """The session's finished tiny supervised run (trained with TINY)."""
+    """The session's finished tiny supervised run (trained with SUPERVISED)."""
     return supervised_run
 
 
@@ -166,13 +166,13 @@ def test_sync_bn_cases_are_refused_before_training():
 
 def test_output_dirs_in_use_are_refused(finished_run, tmp_path, capsys):
     before = snapshot(finished_run)
-    fails(["train", "--out", str(finished_run), *TINY], capsys, "already holds a run", "--resume", "--overwrite")
+    fails(["train", "--out", str(finished_run), *SUPERVISED], capsys, "already holds a run", "--resume", "--overwrite")
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    fails(["train", "--out", str(other), *TINY], capsys, "holds no camssl run", "--overwrite")
+    fails(["train", "--out", str(other), *SUPERVISED], capsys, "holds no camssl run", "--overwrite")
     (tmp_path / "file").write_text("x")
-    fails(["train", "--out", str(tmp_path / "file"), *TINY], capsys, "is a file")
+    fails(["train", "--out", str(tmp_path / "file"), *SUPERVISED], capsys, "is a file")
     fails(["train", "--resume", str(tmp_path / "nothing")], capsys, "holds no run")
     fails(["train", "--resume", str(finished_run), "--epochs", "3"], capsys, "--resume continues a run")
     assert snapshot(finished_run) == before
@@ -237,7 +237,7 @@ class ExplodesInEpoch2(Supervised):
 def test_nan_loss_stops_names_step_and_term_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(METHODS, "test_explodes", ExplodesInEpoch2)
     run = tmp_path / "run"
-    err = fails(["train", "--out", str(run), *TINY, "--epochs", "3", "--method", "test_explodes"], capsys,
+    err = fails(["train", "--out", str(run), *SUPERVISED, "--epochs", "3", "--method", "test_explodes"], capsys,
                 "the loss became nan at epoch 2, step 1", "term: loss_s", "lower optim.lr",
                 "last good checkpoint (epoch 1)")
     assert str(run) in err

@@ -24,13 +24,9 @@ from camssl.losses import caam_cam_distance, caam_matching, cam_loss, logit_kd
 from camssl.methods import METHODS, RunInfo
 from camssl.models import build_model
 from camssl.models.saved import fingerprint, load_frozen
-from conftest import CLASSES, TINY, fails, grads, records, snapshot, tiny_batch
-from conftest import tiny_ctx as step_ctx
+from conftest import CLASSES, TINY, fails, grads, records, snapshot, tiny_batch, tiny_ctx
 
-
-def tiny_ctx(seed: int = 0, width: float = 0.125):
-    """A step 20 epochs into training: past every warm-up of L_cam's defaults."""
-    return step_ctx(seed, width, epoch=20.0)
+LATE = 20.0  # a step this many epochs into training is past every warm-up of L_cam's defaults
 
 
 def is_zero(g: torch.Tensor | None) -> bool:
@@ -92,7 +88,7 @@ def test_detach_mode_passes_no_gradient_through_the_cam_side():
 
 @pytest.mark.parametrize("target", ["detach", "detach-w"])
 def test_with_ce_weight_zero_only_the_backbone_learns(target):
-    model, ctx = tiny_ctx()
+    model, ctx = tiny_ctx(epoch=LATE)
     cfg = method_config("cam_loss", alpha=0.0, cam={"weight": 3.0, "ramp_epochs": 0.0, "target": target})
     out = METHODS["cam_loss"](cfg).step(ctx, tiny_batch())
     assert float(out.metrics["loss_cam"]) > 0 and float(out.metrics["cam_weight"]) == 3.0
@@ -119,10 +115,10 @@ def test_cam_loss_options_warmup_and_mask():
 
 
 def test_cam_weight_zero_is_exactly_the_supervised_step():
-    model, ctx = tiny_ctx()
+    model, ctx = tiny_ctx(epoch=LATE)
     out = METHODS["cam_loss"](method_config("cam_loss", cam={"weight": 0.0})).step(ctx, tiny_batch())
     out.loss.backward()
-    model2, ctx2 = tiny_ctx()
+    model2, ctx2 = tiny_ctx(epoch=LATE)
     out2 = METHODS["supervised"](method_config("supervised")).step(ctx2, tiny_batch())
     out2.loss.backward()
     assert torch.equal(out.loss, out2.loss)
@@ -142,7 +138,7 @@ class Counter:
 def test_ssl_term_uses_the_same_forward_passes(name):
     runs = {}
     for weight in (0.0, 2.0):
-        model, ctx = tiny_ctx()
+        model, ctx = tiny_ctx(epoch=LATE)
         calls = Counter(model)
         cfg = method_config(name, cam={"weight": weight, "ramp_epochs": 0.0, "threshold": 0.0})
         out = METHODS[name](cfg).step(ctx, tiny_batch())
@@ -159,11 +155,11 @@ def test_ssl_term_uses_the_same_forward_passes(name):
 
 
 def test_ssl_term_threshold_and_labeled_only():
-    _, ctx = tiny_ctx()
+    _, ctx = tiny_ctx(epoch=LATE)
     cfg = method_config("pseudo_label", cam={"weight": 1.0, "ramp_epochs": 0.0, "threshold": 0.999})
     out = METHODS["pseudo_label"](cfg).step(ctx, tiny_batch())  # an untrained net is never this sure
     assert float(out.metrics["cam_mask_rate"]) == 0.0 and float(out.metrics["loss_cam_u"]) == 0.0
-    _, ctx = tiny_ctx()
+    _, ctx = tiny_ctx(epoch=LATE)
     cfg = method_config("pseudo_label", cam={"weight": 1.0, "ramp_epochs": 0.0, "unlabeled": False})
     out = METHODS["pseudo_label"](cfg).step(ctx, tiny_batch())
     assert "loss_cam_u" not in out.metrics and float(out.metrics["loss_cam"]) > 0
@@ -204,7 +200,7 @@ def test_four_kd_variants_share_one_step(tmp_path, caam_w, logit_w):
     method = kd_method(teacher, caam_weight=caam_w, logit_weight=logit_w)
     assert all(not p.requires_grad for p in method.teacher.parameters()) and not method.teacher.training
     before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
-    model, ctx = tiny_ctx()
+    model, ctx = tiny_ctx(epoch=LATE)
     out = method.step(ctx, tiny_batch())
     assert {"loss_s", "loss_caam", "loss_kd", "teacher_acc"} <= set(out.metrics)
     out.loss.backward()
@@ -213,7 +209,7 @@ def test_four_kd_variants_share_one_step(tmp_path, caam_w, logit_w):
     assert all(torch.equal(v, method.teacher.state_dict()[k]) for k, v in before.items())
     assert all(p.grad is None for p in method.teacher.parameters())
     if caam_w == logit_w == 0.0:  # the student alone trains exactly like supervised
-        model2, ctx2 = tiny_ctx()
+        model2, ctx2 = tiny_ctx(epoch=LATE)
         out2 = METHODS["supervised"](method_config("supervised")).step(ctx2, tiny_batch())
         out2.loss.backward()
         assert torch.equal(out.loss, out2.loss)

@@ -25,7 +25,8 @@ def test_demo_is_default_and_uses_embedded_data():
 
 
 def test_overrides_are_typed():
-    cfg = load_config("demo", ["optim.lr=0.05", "split.ratio=2", "method.gradcam.layers=layer2,layer3", "model.width=1"])
+    cfg = load_config("demo", ["optim.lr=0.05", "split.ratio=2", "method.gradcam.layers=layer2,layer3",
+                               "model.width=1"])
     assert cfg.optim.lr == 0.05 and isinstance(cfg.split.ratio, float) and cfg.split.ratio == 2.0
     assert cfg.method.gradcam.layers == ["layer2", "layer3"]
     assert cfg.model.width == 1.0

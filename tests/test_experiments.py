@@ -249,8 +249,8 @@ def test_tiny_sweep_end_to_end_resumes_a_killed_run_and_lists_a_failure(tmp_path
 def test_a_sweep_killed_mid_run_continues_where_it_stopped(tmp_path):
     """Kill the whole sweep (runner and training process) after a checkpoint, then rerun it."""
     spec = write_spec(tmp_path, TINY_SPEC.replace("epochs: 2", "epochs: 6").replace("seeds: 2", "seeds: [0]")
-                      .replace("    gradcam-layer3: {method.name: gradcam, method.gradcam.layers: [layer3], role: method}\n",
-                               "")
+                      .replace("    gradcam-layer3: {method.name: gradcam, method.gradcam.layers: [layer3], "
+                               "role: method}\n", "")
                       .replace("  baseline:\n    supervised: {method.name: supervised, split.ratio: 0}\n", ""))
     out = tmp_path / "sweep"
     script = (

@@ -179,7 +179,8 @@ def test_weight_decay_can_spare_batchnorm_and_biases(tmp_path):
 def test_eval_every_validates_only_every_nth_epoch_and_after_the_last(tmp_path):
     lines: list[str] = []
     result = train(tiny("supervised", "optim.steps_per_epoch=2", "eval_every=2"), tmp_path / "run", log=lines.append)
-    assert ["val_acc" in r for r in records(tmp_path / "run")] == [False, True, True]  # epoch 2, and epoch 3 as the last
+    # validated at epoch 2, and at epoch 3 as the last
+    assert ["val_acc" in r for r in records(tmp_path / "run")] == [False, True, True]
     epochs = [l for l in lines if l.startswith("epoch ")]
     assert "val — (not validated yet: eval_every)" in epochs[0] and "best" not in epochs[0]
     assert "(best " in epochs[1] and result["best_val_epoch"] in (2, 3)
