@@ -207,6 +207,17 @@ def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]
                           env=ONE_THREAD_PLUGINS)
 
 
+def torchruns(*arglists: list[str], timeout: int = 300) -> list[subprocess.CompletedProcess[str]]:
+    """Several independent ``torchrun --nproc-per-node 2 ARGS`` at once, each to its end."""
+    procs = [subprocess.Popen(torchrun_cmd(2, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=ONE_THREAD_PLUGINS) for args in arglists]
+    done = []
+    for args, proc in zip(arglists, procs):
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(torchrun_cmd(2, *args), proc.returncode, out, err))
+    return done
+
+
 def child_pids(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (Linux /proc): torchrun's workers."""
     out = []

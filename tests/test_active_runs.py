@@ -86,9 +86,10 @@ def test_revival_from_the_command_line_two_cycles(revival_run):
         assert result["steps"] == 6 and s["cycles"][c]["test_acc"] == result["test_acc"]
 
 
-def test_interruptions_between_the_loops_steps_resume_exactly(tmp_path, monkeypatch, capsys):
+def test_interruptions_between_the_loops_steps_resume_exactly(tmp_path, monkeypatch, capsys, request):
     args = ["--strategy", "coreset", "--initial", "100", "--budget", "40", "--cycles", "1", *TINY_ACTIVE]
-    assert main(["active", "--out", str(tmp_path / "full"), *args]) == 0
+    full = Background(1, "active", "--out", str(tmp_path / "full"), *args)  # runs beside the interrupted one
+    request.addfinalizer(full.stop)
     original = {"_select": _Loop._select, "_label": _Loop._label}
 
     def interrupt(name):
@@ -105,6 +106,7 @@ def test_interruptions_between_the_loops_steps_resume_exactly(tmp_path, monkeypa
     assert main(["active", "--out", str(out), "--resume"]) == 130
     assert state(out)["pending"]["cycle"] == 1 and len(state(out)["labeled"]["index"]) == 100
     assert main(["active", "--out", str(out), "--resume", *args]) == 0  # the same settings may be repeated
+    full.wait()
     assert comparable(state(out)) == comparable(state(tmp_path / "full"))
     assert f"interrupted; continue with: camssl active --out {out} --resume" in capsys.readouterr().err
 

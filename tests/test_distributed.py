@@ -37,8 +37,8 @@ import torch
 
 from camssl.config import load_config
 from camssl.train import train
-from conftest import (TESTS, TINY_DDP, Background, child_pids, process_settings_kept, records, test_methods_registered,
-                      torchrun, wait_for_file)
+from conftest import (ONE_THREAD_PLUGINS, TESTS, TINY_DDP, Background, child_pids, process_settings_kept, records,
+                      test_methods_registered, torchrun, torchrun_cmd, torchruns, wait_for_file)
 
 
 def test_ddp_gradients_are_those_of_data_parallel_sgd(tmp_path):
@@ -57,11 +57,17 @@ def runs(tmp_path_factory):
     """The same supervised run (unaugmented labeled view) with 2 processes and with 1."""
     root = tmp_path_factory.mktemp("ddp")
     args = [*TINY_DDP, "method.name=index_log", "labeled_view=original"]
-    proc = torchrun("-m", "camssl", "train", "--out", str(root / "ddp"), *args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with test_methods_registered(), process_settings_kept():
-        train(load_config("demo", [*args, "cam_grid=false"]), root / "single", log=lambda s: None)
-    return root / "ddp", root / "single", proc
+    ddp = subprocess.Popen(torchrun_cmd(2, "-m", "camssl", "train", "--out", str(root / "ddp"), *args),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD_PLUGINS)
+    try:  # the one-process run trains here meanwhile
+        with test_methods_registered(), process_settings_kept():
+            train(load_config("demo", [*args, "cam_grid=false"]), root / "single", log=lambda s: None)
+        out, err = ddp.communicate(timeout=300)
+    finally:
+        if ddp.poll() is None:
+            ddp.kill()
+    assert ddp.returncode == 0, err[-3000:]
+    return root / "ddp", root / "single", subprocess.CompletedProcess(ddp.args, 0, out, err)
 
 
 def test_two_processes_finish_and_only_rank_0_writes(runs):
@@ -116,17 +122,21 @@ def test_result_is_close_to_one_process_with_the_same_global_batch(runs):
         (single / "split.json").read_text())["labeled"]
 
 
-def test_gradcam_full_mode_trains_in_two_processes(tmp_path):
-    """Grad-CAM (full mode, autograd layer: double backward) end to end; --resume of a finished run keeps it."""
+def test_gradcam_full_mode_trains_in_two_processes(runs, tmp_path):
+    """Grad-CAM (full mode, autograd layer: double backward) end to end; --resume of a finished 2-process run
+    (the shared one, at the same time) keeps it."""
     run = tmp_path / "gc"
     args = ["--width", "0.125", "--labeled", "64", "--ratio", "1", "--epochs", "1", "--method", "gradcam",
             "--layer", "layer3", "optim.batch_size=32", "method.gradcam.grad_mode=full", "cam_grid=false", "threads=1"]
-    proc = torchrun("-m", "camssl", "train", "--out", str(run), *args)
+    finished, _, _ = runs
+    before = {p.name: p.stat().st_mtime_ns for p in finished.iterdir()}
+    proc, again = torchruns(["-m", "camssl", "train", "--out", str(run), *args],
+                            ["-m", "camssl", "train", "--resume", str(finished)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert record["loss_g"] > 0 and 0 <= record["val_acc"] <= 1
-    proc = torchrun("-m", "camssl", "train", "--resume", str(run))
-    assert proc.returncode == 0 and "already finished" in proc.stdout, proc.stderr[-3000:]
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in finished.iterdir()} == before
 
 
 def rank0_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -150,12 +160,12 @@ def test_errors_found_by_rank_0_stop_every_rank(runs, tmp_path):
     """A check only rank 0 makes (the run directory; the data, loaded there first) ends all ranks."""
     ddp, _, _ = runs
     before = {p.name: p.stat().st_mtime_ns for p in ddp.iterdir()}
-    err = rank0_error(torchrun("-m", "camssl", "train", "--out", str(ddp), "threads=1", timeout=120))
-    assert "already holds a run" in err
+    busy, nowhere = torchruns(["-m", "camssl", "train", "--out", str(ddp), "threads=1"],
+                              ["-m", "camssl", "train", "--data", str(tmp_path / "nowhere"), "--out",
+                               str(tmp_path / "r"), "threads=1"], timeout=120)
+    assert "already holds a run" in rank0_error(busy)
     assert {p.name: p.stat().st_mtime_ns for p in ddp.iterdir()} == before
-    err = rank0_error(torchrun("-m", "camssl", "train", "--data", str(tmp_path / "nowhere"),
-                               "--out", str(tmp_path / "r"), "threads=1", timeout=120))
-    assert "does not exist" in err and not (tmp_path / "r").exists()
+    assert "does not exist" in rank0_error(nowhere) and not (tmp_path / "r").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
