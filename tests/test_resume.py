@@ -25,7 +25,8 @@ from conftest import Background, finish, launch, records, wait_for_file
 
 # 10 steps per epoch: the kill, 0.1 s after the epoch-1 checkpoint, falls in epoch 2
 ARGS = ["--width", "0.125", "--labeled", "320", "--ratio", "1", "--epochs", "3", "--method", "pseudo_label",
-        "optim.batch_size=32", "optim.ema_decay=0.9", "deterministic=true", "threads=1", "cam_grid=false"]
+        "optim.batch_size=32", "optim.ema_decay=0.9", "split.val_fraction=0.04", "deterministic=true", "threads=1",
+        "cam_grid=false"]
 COMPARED = ("test_acc", "val_acc", "best_val_acc", "best_val_epoch", "test_acc_at_best_val", "test_loss",
             "epochs", "steps", "n_labeled", "n_unlabeled")
 
