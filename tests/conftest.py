@@ -67,9 +67,9 @@ TINY_DDP = ["model.width=0.125", "split.n_labeled=200", "split.ratio=1", "optim.
 # killed with SIGKILL as soon as the epoch-1 checkpoint exists (stateful test methods, lga), resumed exactly
 KILL = ["model.width=0.125", "split.n_labeled=320", "split.ratio=0.5", "split.val_fraction=0.04", "optim.epochs=2",
         "optim.batch_size=32", "deterministic=true", "cam_grid=false", "threads=1"]
-# camssl active: 2 epochs of 3 steps per cycle
+# camssl active: 2 epochs of 3 steps per cycle, validated after the second only
 TINY_ACTIVE = ["--data", "mini", "--width", "0.125", "--epochs", "2", "optim.steps_per_epoch=3",
-               "optim.batch_size=32", "threads=1", "deterministic=true", "cam_grid=false"]
+               "optim.batch_size=32", "eval_every=2", "threads=1", "deterministic=true", "cam_grid=false"]
 
 
 def tiny(*extra: str):
