@@ -72,13 +72,6 @@ TINY_ACTIVE = ["--data", "mini", "--width", "0.125", "--epochs", "2", "optim.ste
                "optim.batch_size=32", "eval_every=2", "threads=1", "deterministic=true", "cam_grid=false"]
 
 
-def tiny(*extra: str):
-    """The TrainConfig of the tiny run (demo preset) with ``extra`` overrides."""
-    from camssl.config import load_config
-
-    return load_config("demo", [*TINY, *extra])
-
-
 # ---------------------------------------------------------------- the command line in this process
 
 
