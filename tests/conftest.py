@@ -64,8 +64,9 @@ TINY_EPOCHS = ["model.width=0.125", "split.n_labeled=200", "split.ratio=1", "spl
 # images (two processes' accuracy is compared with one's within 6 points)
 TINY_DDP = ["model.width=0.125", "split.n_labeled=200", "split.ratio=1", "optim.epochs=2", "optim.batch_size=32",
             "threads=1"]
-# killed with SIGKILL as soon as the epoch-1 checkpoint exists (stateful test methods, lga), resumed exactly
-KILL = ["model.width=0.125", "split.n_labeled=320", "split.ratio=0.5", "split.val_fraction=0.04", "optim.epochs=2",
+# killed with SIGKILL as soon as the epoch-1 checkpoint exists (a stateful method), resumed exactly: 5 steps
+# per epoch, 160 labeled + 80 unlabeled images (every unlabeled image is drawn in the first epoch)
+KILL = ["model.width=0.125", "split.n_labeled=160", "split.ratio=0.5", "split.val_fraction=0.04", "optim.epochs=2",
         "optim.batch_size=32", "deterministic=true", "cam_grid=false", "threads=1"]
 # camssl active: 2 epochs of 3 steps per cycle, validated after the second only
 TINY_ACTIVE = ["--data", "mini", "--width", "0.125", "--epochs", "2", "optim.steps_per_epoch=3",
