@@ -579,7 +579,8 @@ def step_amp(ctx: Ctx, budget: float) -> StepResult:
         prefix = over[-1].split("=")[-1] if len(over) > 1 else "amp"
         tag = prefix + "-" + method.replace("@", "-").replace("/", "-")
         run_dir = ctx.run_dir(f"amp-{tag}")
-        extra = [e.replace("{supervised}", ctx.run_dir(f"amp-{prefix}-supervised")) for e in extra]
+        # the teacher: this precision's supervised run, trained above (ctx.run_dir would empty it)
+        extra = [e.replace("{supervised}", _rel(ctx.out / "runs" / f"amp-{prefix}-supervised")) for e in extra]
         argv = [*ctx.camssl, "train", "--config", "demo", "--method", method.split("@")[0], *extra,
                 "--epochs", "1", "--out", run_dir, "--overwrite", *ctx.common(), *over]
         if ctx.tiny:

@@ -1,7 +1,9 @@
 """Methods used by the tests to exercise the method lifecycle (state, after_step, end_epoch, resume).
 
 Registered on import; subprocesses get them with ``CAMSSL_METHODS=camssl_test_methods`` and
-this folder on ``PYTHONPATH`` (see :data:`PLUGIN_ENV`).
+this folder on ``PYTHONPATH`` (``PLUGIN_ENV`` in tests/conftest.py); the test process itself only
+inside ``conftest.test_methods_registered()``. Like any plugin, it imports the method API from
+``camssl.methods`` (``camssl.config`` imports the plugins).
 
 - ``index_log``: exactly ``supervised``, plus a record of the sample indices each rank
   used in the first epoch (gathered to every rank at the epoch's end, kept in the
@@ -13,22 +15,11 @@ this folder on ``PYTHONPATH`` (see :data:`PLUGIN_ENV`).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-from camssl.config import MethodConfig
-from camssl.methods import register
+from camssl.methods import MethodConfig, register
 from camssl.methods.state import SampleTable
 from camssl.methods.supervised import Supervised
-
-HERE = Path(__file__).parent
-PLUGIN_ENV = {
-    "CAMSSL_METHODS": "camssl_test_methods",
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH", "")])),
-}
 
 
 @dataclass
@@ -104,6 +95,3 @@ class SeenTable(Supervised):
     def load_state_dict(self, state):
         self.table.load_state_dict(state["table"])
 
-
-def table_of(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint, weights_only=True)["method"]["table"]

@@ -39,9 +39,13 @@ from camssl.train.ddp import wrap_ddp
 CASES = {
     "supervised": method_config("supervised"),
     "pseudo_label": method_config("pseudo_label"),
-    "gradcam_full_layer3": method_config("gradcam", layers=["layer3"], grad_mode="full"),
-    "gradcam_detach_layer3": method_config("gradcam", layers=["layer3"], grad_mode="detach-weights"),
-    "gradcam_full_layer4_closed_form": method_config("gradcam", layers=["layer4", "layer2"], grad_mode="full"),
+    "gradcam_full_layer3": method_config("gradcam", gradcam={"layers": ["layer3"], "grad_mode": "full"}),
+    "gradcam_detach_layer3": method_config("gradcam", gradcam={"layers": ["layer3"], "grad_mode": "detach-weights"}),
+    "gradcam_full_layer4_closed_form": method_config("gradcam", gradcam={"layers": ["layer4", "layer2"],
+                                                                         "grad_mode": "full"}),
+    # L_G on FixMatch (threshold 0: every unlabeled image counts, so L_U and L_G reach the gradient)
+    "fixmatch_gradcam_full_layer3": method_config("fixmatch", pseudo={"threshold": 0.0},
+                                                  gradcam={"weight": 1.0, "layers": ["layer3"], "grad_mode": "full"}),
 }
 
 

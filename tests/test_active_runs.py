@@ -7,10 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import runpy
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,9 @@ from camssl.active.loop import _Loop
 from camssl.active.state import comparable
 from camssl.cli import main
 from camssl.data import Split
-from test_bad_input import fails, snapshot
-from test_method_lifecycle import finish, launch
+from conftest import SCRIPTS, TINY_ACTIVE, Background, fails, finish, launch, snapshot, wait_for_file
 
-TINY = ["--data", "mini", "--width", "0.125", "--epochs", "2", "optim.steps_per_epoch=3", "optim.batch_size=32",
-        "threads=1", "deterministic=true", "cam_grid=false"]
-REVIVAL = ["--strategy", "revival", "--initial", "100", "--budget", "50", "--cycles", "2", *TINY]
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+REVIVAL = ["--strategy", "revival", "--initial", "100", "--budget", "50", "--cycles", "2", *TINY_ACTIVE]
 
 
 def state(out: Path) -> dict:
@@ -34,9 +29,34 @@ def state(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def revival_run(tmp_path_factory) -> tuple[Path, str]:
+def revival_started(tmp_path_factory):
+    """``camssl active`` with REVIVAL, 2 cycles, in its own process: (its directory, the running process)."""
     out = tmp_path_factory.mktemp("al") / "revival"
-    return out, finish(launch(1, "active", "--out", str(out), *REVIVAL))
+    started = Background(1, "active", "--out", str(out), *REVIVAL)
+    yield out, started
+    started.stop()
+
+
+@pytest.fixture
+def revival_run(revival_started) -> tuple[Path, str]:
+    """The finished REVIVAL run: (its directory, what it printed)."""
+    out, started = revival_started
+    return out, started.wait()
+
+
+# first in the file: the uninterrupted run it is compared with trains beside it
+def test_sigkill_mid_cycle_resumes_to_the_same_active_json(revival_started, tmp_path):
+    out = tmp_path / "killed"
+    proc = launch(1, "active", "--out", str(out), *REVIVAL)
+    wait_for_file(out / "cycle_1" / "last.pt", proc)  # cycle 1 has finished its first of two epochs
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not state(out)["finished"] and not (out / "cycle_1" / "result.json").exists()
+    printed = finish(launch(1, "active", "--out", str(out), "--resume"))
+    assert "resumed from" in printed
+    full, started = revival_started
+    started.wait()
+    assert comparable(state(out)) == comparable(state(full))
 
 
 def test_revival_from_the_command_line_two_cycles(revival_run):
@@ -66,26 +86,10 @@ def test_revival_from_the_command_line_two_cycles(revival_run):
         assert result["steps"] == 6 and s["cycles"][c]["test_acc"] == result["test_acc"]
 
 
-def test_sigkill_mid_cycle_resumes_to_the_same_active_json(revival_run, tmp_path):
-    full, _ = revival_run
-    out = tmp_path / "killed"
-    proc = launch(1, "active", "--out", str(out), *REVIVAL)
-    deadline = time.time() + 300
-    while not (out / "cycle_1" / "last.pt").exists():  # cycle 1 has finished its first of two epochs
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "no cycle-1 checkpoint after 5 minutes"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert not state(out)["finished"] and not (out / "cycle_1" / "result.json").exists()
-    printed = finish(launch(1, "active", "--out", str(out), "--resume"))
-    assert "resumed from" in printed
-    assert comparable(state(out)) == comparable(state(full))
-
-
-def test_interruptions_between_the_loops_steps_resume_exactly(tmp_path, monkeypatch, capsys):
-    args = ["--strategy", "coreset", "--initial", "100", "--budget", "40", "--cycles", "1", *TINY]
-    assert main(["active", "--out", str(tmp_path / "full"), *args]) == 0
+def test_interruptions_between_the_loops_steps_resume_exactly(tmp_path, monkeypatch, capsys, request):
+    args = ["--strategy", "coreset", "--initial", "100", "--budget", "40", "--cycles", "1", *TINY_ACTIVE]
+    full = Background(1, "active", "--out", str(tmp_path / "full"), *args)  # runs beside the interrupted one
+    request.addfinalizer(full.stop)
     original = {"_select": _Loop._select, "_label": _Loop._label}
 
     def interrupt(name):
@@ -102,13 +106,15 @@ def test_interruptions_between_the_loops_steps_resume_exactly(tmp_path, monkeypa
     assert main(["active", "--out", str(out), "--resume"]) == 130
     assert state(out)["pending"]["cycle"] == 1 and len(state(out)["labeled"]["index"]) == 100
     assert main(["active", "--out", str(out), "--resume", *args]) == 0  # the same settings may be repeated
+    full.wait()
     assert comparable(state(out)) == comparable(state(tmp_path / "full"))
     assert f"interrupted; continue with: camssl active --out {out} --resume" in capsys.readouterr().err
 
 
 def test_files_oracle_round_trip(tmp_path, capsys):
     out = tmp_path / "files"
-    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "1", "--oracle", "files", *TINY]
+    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "1", "--oracle", "files",
+            *TINY_ACTIVE]
     assert main(["active", "--out", str(out), *args]) == 0
     assert "20 images to label" in capsys.readouterr().out and state(out)["pending"]["csv"] == "queries/cycle_1.csv"
     csv_path = out / "queries" / "cycle_1.csv"
@@ -152,7 +158,7 @@ def test_files_oracle_round_trip(tmp_path, capsys):
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, needles, tmp_path, capsys):
     out = tmp_path / "out"
-    fails(["active", "--out", str(out), "--initial", "500", *TINY, *argv], capsys, *needles)
+    fails(["active", "--out", str(out), "--initial", "500", *TINY_ACTIVE, *argv], capsys, *needles)
     assert not out.exists()
 
 
@@ -197,14 +203,15 @@ def test_active_table_pairs_strategies_by_seed(revival_run, tmp_path, capsys):
     fails(["active-table", str(out), str(tmp_path / "copy")], capsys, "two runs of strategy revival with seed 0")
 
 
-def test_fixed_feature_script_on_the_mini_set(revival_run, tmp_path):
+def test_fixed_feature_script_on_the_mini_set(revival_run, tmp_path, monkeypatch, capsys):
     out, _ = revival_run
     res = tmp_path / "probe"
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "active_features.py"), "--run", str(out / "cycle_2"),
-                           "--data", "mini", "--pool", "400", "--initial", "20", "--budget", "10", "--cycles", "2",
-                           "--seeds", "0", "1", "--out", str(res), "--revival", "k=10"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setattr(sys, "argv", [
+        "active_features.py", "--run", str(out / "cycle_2"), "--data", "mini", "--pool", "400", "--initial", "20",
+        "--budget", "10", "--cycles", "2", "--seeds", "0", "1", "--out", str(res), "--revival", "k=10"])
+    with pytest.raises(SystemExit) as done:  # the script as `python scripts/active_features.py ...` runs it
+        runpy.run_path(str(SCRIPTS / "active_features.py"), run_name="__main__")
+    assert done.value.code == 0, capsys.readouterr().err[-3000:]
     rows = list(csv.DictReader((res / "curves.csv").open()))
     assert len(rows) == 4 * 2 * 3 and {int(r["n_labeled"]) for r in rows} == {20, 30, 40}
     for seed in ("0", "1"):  # the same initial set for every strategy: the same cycle-0 probe
@@ -227,7 +234,7 @@ def test_warm_start_starts_each_cycle_from_the_previous_final_weights(tmp_path, 
 
     monkeypatch.setattr(loop, "Trainer", Recording)
     out = tmp_path / "warm"
-    args = ["--strategy", "random", "--initial", "100", "--budget", "20", "--cycles", "1", "--warm-start", *TINY]
+    args = ["--strategy", "random", "--initial", "100", "--budget", "20", "--cycles", "1", "--warm-start", *TINY_ACTIVE]
     assert main(["active", "--out", str(out), *args]) == 0
     assert inits == [None, out / "cycle_0" / "last.pt"] and state(out)["active"]["warm_start"] is True
     assert "(warm start)" in capsys.readouterr().out
@@ -244,12 +251,13 @@ def test_subset_scores_the_labeled_set_and_a_fresh_random_part_of_the_pool(tmp_p
 
     monkeypatch.setattr(loop, "select", recording)
     out = tmp_path / "subset"
-    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "2", "active.subset=60", *TINY]
+    args = ["--strategy", "entropy", "--initial", "100", "--budget", "20", "--cycles", "2", "active.subset=60",
+            *TINY_ACTIVE]
     assert main(["active", "--out", str(out), *args]) == 0
     assert seen == [(160, 100), (180, 120)]  # the labeled set so far + 60 pool images
     s = state(out)
     assert [c["query"]["scored_pool"] for c in s["cycles"][:2]] == [60, 60]
     queried = s["cycles"][0]["query"]["index"] + s["cycles"][1]["query"]["index"]
     assert len(set(queried)) == 40 and not set(queried) & (set(s["val"]) | set(s["labeled"]["index"][:100]))
-    assert fails(["active", "--out", str(tmp_path / "bad"), *args[:6], "active.subset=10", *TINY], capsys,
+    assert fails(["active", "--out", str(tmp_path / "bad"), *args[:6], "active.subset=10", *TINY_ACTIVE], capsys,
                  "active.subset=10 is smaller than --budget 20")

@@ -10,7 +10,6 @@ an --out holding a run (tests/test_cli.py); the data layer's own messages
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -30,43 +29,15 @@ from camssl.methods import METHODS, Batch, StepContext, StepOutput
 from camssl.methods.supervised import Supervised
 from camssl.models import build_model
 from camssl.train.ddp import check_sync_bn, check_world
+from conftest import TINY, fails, image_folder, snapshot
 
-TINY = ["--method", "supervised", "--width", "0.125", "--labeled", "100", "--ratio", "1", "--epochs", "1",
-        "optim.batch_size=50", "cam_grid=false", "threads=1"]
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
+SUPERVISED = ["--method", "supervised", *TINY]
 
 
-def fails(argv: list[str], capsys, *needles: str) -> str:
-    assert main(argv) == 2
-    err = one_line_error(capsys)
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
-
-
-def snapshot(run: Path) -> dict[str, str]:
-    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run.rglob("*")) if p.is_file()}
-
-
-def image_folder(root: Path, per_class: int = 12) -> Path:
-    for label, name in enumerate(("apple", "pear")):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.new("RGB", (32, 32), (200 * label, 10 * i, 50)).save(root / name / f"{i:02d}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("bad") / "run"
-    assert main(["train", "--out", str(run), *TINY]) == 0
-    return run
+@pytest.fixture
+def finished_run(supervised_run) -> Path:
+    """The session's finished tiny supervised run (trained with SUPERVISED)."""
+    return supervised_run
 
 
 # ---------------------------------------------------------------- data
@@ -128,7 +99,8 @@ def test_labeled_or_unlabeled_asking_for_more_than_exists(tmp_path, capsys):
         ("optim.epochs=1.5", ("optim.epochs", "integer")),
         ("sync_bn=maybe", ("sync_bn", "true or false")),
         ("optim.schedule=linear", ("cosine, onecycle, constant",)),
-        ("method.grad_mode=half", ("full, detach-weights",)),
+        ("method.gradcam.grad_mode=half", ("method.gradcam.grad_mode='half'", "full, detach-weights")),
+        ("method.gamma=2", ("config key method.gamma was renamed: write method.gradcam.weight instead",)),
     ],
 )
 def test_invalid_config_values(override, needles, tmp_path, capsys):
@@ -173,12 +145,20 @@ def test_sync_bn_cases_are_refused_before_training():
         check_world(load_config("demo", ["method.name=pseudo_label", "optim.unlabeled_multiplier=1.1"]),
                     Dist(rank=0, world=4), torch.device("cpu"))
     net = build_model("resnet18", 10, width=0.125)
-    full = load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.layers=layer3", "method.grad_mode=full"])
+    full = load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.gradcam.layers=layer3",
+                                "method.gradcam.grad_mode=full"])
     with pytest.raises(ConfigError, match="double backward through SyncBatchNorm"):
         check_sync_bn(full, net)
-    check_sync_bn(load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.layers=layer4"]), net)
-    check_sync_bn(load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.layers=layer3",
-                                       "method.grad_mode=detach-weights"]), net)
+    check_sync_bn(load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.gradcam.layers=layer4"]), net)
+    check_sync_bn(load_config("demo", ["sync_bn=true", "method.name=gradcam", "method.gradcam.layers=layer3",
+                                       "method.gradcam.grad_mode=detach-weights"]), net)
+    # the same L_G on FixMatch needs the same double backward
+    fixmatch = load_config("demo", ["sync_bn=true", "method.name=fixmatch", "method.gradcam.weight=1",
+                                    "method.gradcam.grad_mode=full"])
+    with pytest.raises(ConfigError, match="double backward through SyncBatchNorm"):
+        check_sync_bn(fixmatch, net)
+    check_sync_bn(load_config("demo", ["sync_bn=true", "method.name=fixmatch", "method.gradcam.grad_mode=full"]),
+                  net)  # L_G off (fixmatch's default): nothing to refuse
 
 
 # ---------------------------------------------------------------- run directories and checkpoints
@@ -186,13 +166,13 @@ def test_sync_bn_cases_are_refused_before_training():
 
 def test_output_dirs_in_use_are_refused(finished_run, tmp_path, capsys):
     before = snapshot(finished_run)
-    fails(["train", "--out", str(finished_run), *TINY], capsys, "already holds a run", "--resume", "--overwrite")
+    fails(["train", "--out", str(finished_run), *SUPERVISED], capsys, "already holds a run", "--resume", "--overwrite")
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    fails(["train", "--out", str(other), *TINY], capsys, "holds no camssl run", "--overwrite")
+    fails(["train", "--out", str(other), *SUPERVISED], capsys, "holds no camssl run", "--overwrite")
     (tmp_path / "file").write_text("x")
-    fails(["train", "--out", str(tmp_path / "file"), *TINY], capsys, "is a file")
+    fails(["train", "--out", str(tmp_path / "file"), *SUPERVISED], capsys, "is a file")
     fails(["train", "--resume", str(tmp_path / "nothing")], capsys, "holds no run")
     fails(["train", "--resume", str(finished_run), "--epochs", "3"], capsys, "--resume continues a run")
     assert snapshot(finished_run) == before
@@ -257,12 +237,12 @@ class ExplodesInEpoch2(Supervised):
 def test_nan_loss_stops_names_step_and_term_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(METHODS, "test_explodes", ExplodesInEpoch2)
     run = tmp_path / "run"
-    err = fails(["train", "--out", str(run), *TINY, "--epochs", "3", "--method", "test_explodes"], capsys,
+    err = fails(["train", "--out", str(run), *SUPERVISED, "--epochs", "3", "--method", "test_explodes"], capsys,
                 "the loss became nan at epoch 2, step 1", "term: loss_s", "lower optim.lr",
                 "last good checkpoint (epoch 1)")
     assert str(run) in err
     state = torch.load(run / "last.pt", weights_only=True)
-    assert state["epoch"] == 1 and state["global_step"] == 2
+    assert state["train_state"]["epoch"] == 1 and state["train_state"]["step"] == 2
     assert all(bool(torch.isfinite(w).all()) for w in state["model"].values())
     net = build_model("resnet18", 10, width=0.125)
     net.load_state_dict(state["model"])
@@ -270,15 +250,16 @@ def test_nan_loss_stops_names_step_and_term_and_keeps_last_good_checkpoint(tmp_p
 
 
 def test_exploding_learning_rate_from_the_command_line(tmp_path):
-    """As a new user would meet it: a real divergence, one line on stderr, exit 2; --debug shows the traceback."""
-    args = [sys.executable, "-m", "camssl", "train", "--out", str(tmp_path / "r"), "--method", "supervised",
-            "--width", "0.125", "--labeled", "200", "--epochs", "2", "optim.batch_size=32", "optim.lr=1e6",
-            "cam_grid=false", "threads=1"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    """As a new user would meet it: a real divergence, one line on stderr, exit 2; --debug raises instead."""
+    from camssl.train import TrainingError
+
+    args = ["train", "--out", str(tmp_path / "r"), "--method", "supervised", "--width", "0.125", "--labeled", "200",
+            "--epochs", "2", "optim.batch_size=32", "optim.lr=1e6", "cam_grid=false", "threads=1"]
+    proc = subprocess.run([sys.executable, "-m", "camssl", *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: the loss became nan at epoch 1, step ")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "term: loss_s" in proc.stderr
-    proc = subprocess.run([*args[:3], "--debug", "train", "--out", str(tmp_path / "r2"), *args[6:]],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr and "TrainingError" in proc.stderr
+    args[2] = str(tmp_path / "r2")
+    with pytest.raises(TrainingError, match="the loss became nan at epoch 1"):  # the traceback Python prints
+        main(["--debug", *args])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 
 from camssl import bench
 from camssl.errors import UserError
+from camssl.methods import METHODS
 
 QUICK = ["--quick", "--widths", "0.125", "--batch", "4", "--reps", "2", "--warmup", "1", "--layers", "layer3",
          "--exp-reps", "1"]
@@ -35,9 +37,20 @@ def test_bench_writes_report(tmp_path, capsys):
     steps = ["supervised", "pseudo_label", "gradcam @ layer3 full", "gradcam @ layer3 detach-weights", "views only"]
     if bench.captum_status() is None:  # captum is a test extra; without it the reference is skipped
         steps.append("reference (captum) @ layer3")
-    steps += ["vat (1 power iteration)", "lga, classifier scope", "lga, all parameters", "lga + VAT", "cam_loss"]
+    # every other method's step variants, as the methods declare them (Method.bench_variants)
+    variants = {key for m in METHODS.values() for key in m.bench_variants} - {"supervised", "pseudo_label"}
+    assert variants >= {"vat", "lga/classifier", "lga/all", "lga+vat", "cam_loss", "fixmatch", "fixmatch+gradcam"}
+    steps += sorted(variants)
     for step in steps:
         assert f"| {step}" in text, step
+    # the same measurements as JSON beside the report (what scripts/gpu_check.py reads)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["format"] == "camssl-bench" and [w["width"] for w in data["widths"]] == [0.125]
+    rows = {r["key"]: r for r in data["widths"][0]["steps"]}
+    assert variants | {"supervised", "pseudo_label", "gradcam@layer3/full"} <= set(rows)
+    assert rows["pseudo_label"]["x_pseudo_label"] == 1.0
+    assert all(r["median_s"] > 0 for r in rows.values())
+    assert rows["lga+vat"]["label"] == "lga+vat (vat={'weight': 0.3})" and rows["cam_loss"]["images"] == 4
     expected = [f"gradcam @ layer3 {mode} ÷ pseudo_label (time)" for mode in ("full", "detach-weights")]
     if bench.captum_status() is None:
         expected.append("reference (captum) ÷ gradcam @ layer3 full (time)")
@@ -61,7 +74,7 @@ def test_bench_writes_report(tmp_path, capsys):
     assert bench.main([*args, "--out", str(out)]) == 0
     again = out.read_text()
     assert "123.4" in again and "gradcam @ layer4 detach-weights (closed form)" in again
-    assert "| vat (1 power iteration)" not in again and "lga (classifier scope) ÷" not in again
+    assert "| vat" not in again and "| fixmatch" not in again and "lga (classifier scope) ÷" not in again
 
 
 def test_cli_glue_api():

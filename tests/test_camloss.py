@@ -21,31 +21,12 @@ from camssl.config import dump_yaml, load_config, method_config
 from camssl.distributed import Dist
 from camssl.errors import ConfigError, UserError
 from camssl.losses import caam_cam_distance, caam_matching, cam_loss, logit_kd
-from camssl.methods import METHODS, Batch, RunInfo, StepContext
+from camssl.methods import METHODS, RunInfo
 from camssl.models import build_model
-from camssl.train.checkpoint import fingerprint, load_frozen
-from test_bad_input import fails
-from test_method_lifecycle import records
+from camssl.models.saved import fingerprint, load_frozen
+from conftest import CLASSES, TINY, fails, grads, records, snapshot, tiny_batch, tiny_ctx
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def tiny_ctx(seed: int = 0, width: float = 0.125):
-    torch.manual_seed(seed)
-    model = build_model("resnet18", 10, width=width)
-    return model, StepContext(model=model, augmenter=Augmenter(AugmentConfig()),
-                              generator=torch.Generator().manual_seed(seed), epoch=20.0)
-
-
-def tiny_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (12, 3, 32, 32), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (12,), generator=g)
-    return Batch(x[:4], y[:4], x[4:], y[4:])
-
-
-def grads(model: nn.Module) -> dict[str, torch.Tensor | None]:
-    return {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
+LATE = 20.0  # a step this many epochs into training is past every warm-up of L_cam's defaults
 
 
 def is_zero(g: torch.Tensor | None) -> bool:
@@ -107,8 +88,8 @@ def test_detach_mode_passes_no_gradient_through_the_cam_side():
 
 @pytest.mark.parametrize("target", ["detach", "detach-w"])
 def test_with_ce_weight_zero_only_the_backbone_learns(target):
-    model, ctx = tiny_ctx()
-    cfg = method_config("cam_loss", alpha=0.0, cam_weight=3.0, cam_warmup_epochs=0.0, cam_target=target)
+    model, ctx = tiny_ctx(epoch=LATE)
+    cfg = method_config("cam_loss", alpha=0.0, cam={"weight": 3.0, "ramp_epochs": 0.0, "target": target})
     out = METHODS["cam_loss"](cfg).step(ctx, tiny_batch())
     assert float(out.metrics["loss_cam"]) > 0 and float(out.metrics["cam_weight"]) == 3.0
     out.loss.backward()
@@ -118,26 +99,26 @@ def test_with_ce_weight_zero_only_the_backbone_learns(target):
 
 
 def test_cam_loss_options_warmup_and_mask():
-    term = METHODS["cam_loss"](method_config("cam_loss", cam_weight=2.0, cam_warmup_epochs=4.0)).cam_term
+    term = METHODS["cam_loss"](method_config("cam_loss", cam={"weight": 2.0, "ramp_epochs": 4.0})).cam_term
     assert [term.weight_at(e) for e in (0, 3.9, 4, 9)] == [0.0, 0.0, 2.0, 2.0]  # step warm-up (default)
-    lin = METHODS["cam_loss"](method_config("cam_loss", cam_weight=2.0, cam_warmup_epochs=4.0, cam_warmup="linear"))
+    lin = METHODS["cam_loss"](method_config("cam_loss", cam={"weight": 2.0, "ramp_epochs": 4.0, "ramp": "linear"}))
     assert [lin.cam_term.weight_at(e) for e in (0, 1, 4, 9)] == [0.0, 0.5, 2.0, 2.0]
     feats, w, y = torch.rand(3, 4, 2, 2), torch.randn(5, 4), torch.tensor([0, 1, 2])
     for norm in ("max", "minmax", "l2", "none"):
         assert torch.isfinite(cam_loss(feats, w, y, norm=norm))
     per = caam_cam_distance(feats, w, y)
     assert cam_loss(feats, w, y, mask=torch.tensor([1.0, 0.0, 1.0])) == pytest.approx(float(per[[0, 2]].sum() / 3))
-    with pytest.raises(ConfigError, match="cam_norm"):
-        load_config("demo", {"method.name": "cam_loss", "method.cam_norm": "median"})
-    with pytest.raises(ConfigError, match="cam_target"):
-        load_config("demo", {"method.name": "pseudo_label", "method.cam_target": "none"})
+    with pytest.raises(ConfigError, match="method.cam.norm='median' is invalid; allowed values: max, minmax"):
+        load_config("demo", {"method.name": "cam_loss", "method.cam.norm": "median"})
+    with pytest.raises(ConfigError, match="method.cam.target='none' is invalid; allowed values: detach"):
+        load_config("demo", {"method.name": "pseudo_label", "method.cam.target": "none"})
 
 
 def test_cam_weight_zero_is_exactly_the_supervised_step():
-    model, ctx = tiny_ctx()
-    out = METHODS["cam_loss"](method_config("cam_loss", cam_weight=0.0)).step(ctx, tiny_batch())
+    model, ctx = tiny_ctx(epoch=LATE)
+    out = METHODS["cam_loss"](method_config("cam_loss", cam={"weight": 0.0})).step(ctx, tiny_batch())
     out.loss.backward()
-    model2, ctx2 = tiny_ctx()
+    model2, ctx2 = tiny_ctx(epoch=LATE)
     out2 = METHODS["supervised"](method_config("supervised")).step(ctx2, tiny_batch())
     out2.loss.backward()
     assert torch.equal(out.loss, out2.loss)
@@ -153,13 +134,13 @@ class Counter:
         model.register_forward_pre_hook(lambda *_: setattr(self, "n", self.n + 1))
 
 
-@pytest.mark.parametrize("name", ["pseudo_label", "gradcam"])
+@pytest.mark.parametrize("name", ["pseudo_label", "gradcam", "fixmatch"])
 def test_ssl_term_uses_the_same_forward_passes(name):
     runs = {}
     for weight in (0.0, 2.0):
-        model, ctx = tiny_ctx()
+        model, ctx = tiny_ctx(epoch=LATE)
         calls = Counter(model)
-        cfg = method_config(name, cam_weight=weight, cam_warmup_epochs=0.0, cam_threshold=0.0)
+        cfg = method_config(name, cam={"weight": weight, "ramp_epochs": 0.0, "threshold": 0.0})
         out = METHODS[name](cfg).step(ctx, tiny_batch())
         out.loss.backward()
         runs[weight] = (calls.n, out, grads(model))
@@ -174,16 +155,16 @@ def test_ssl_term_uses_the_same_forward_passes(name):
 
 
 def test_ssl_term_threshold_and_labeled_only():
-    _, ctx = tiny_ctx()
-    cfg = method_config("pseudo_label", cam_weight=1.0, cam_warmup_epochs=0.0, cam_threshold=0.999)
+    _, ctx = tiny_ctx(epoch=LATE)
+    cfg = method_config("pseudo_label", cam={"weight": 1.0, "ramp_epochs": 0.0, "threshold": 0.999})
     out = METHODS["pseudo_label"](cfg).step(ctx, tiny_batch())  # an untrained net is never this sure
     assert float(out.metrics["cam_mask_rate"]) == 0.0 and float(out.metrics["loss_cam_u"]) == 0.0
-    _, ctx = tiny_ctx()
-    cfg = method_config("pseudo_label", cam_weight=1.0, cam_warmup_epochs=0.0, cam_unlabeled=False)
+    _, ctx = tiny_ctx(epoch=LATE)
+    cfg = method_config("pseudo_label", cam={"weight": 1.0, "ramp_epochs": 0.0, "unlabeled": False})
     out = METHODS["pseudo_label"](cfg).step(ctx, tiny_batch())
     assert "loss_cam_u" not in out.metrics and float(out.metrics["loss_cam"]) > 0
-    with pytest.raises(ConfigError, match="cam_threshold"):
-        load_config("demo", {"method.cam_threshold": 1.0})
+    with pytest.raises(ConfigError, match=r"method.cam.threshold=1.0 is invalid: must be a number in \[0, 1\)"):
+        load_config("demo", {"method.cam.threshold": 1.0})
 
 
 # ---------------------------------------------------------------- the teacher (unit level)
@@ -219,7 +200,7 @@ def test_four_kd_variants_share_one_step(tmp_path, caam_w, logit_w):
     method = kd_method(teacher, caam_weight=caam_w, logit_weight=logit_w)
     assert all(not p.requires_grad for p in method.teacher.parameters()) and not method.teacher.training
     before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
-    model, ctx = tiny_ctx()
+    model, ctx = tiny_ctx(epoch=LATE)
     out = method.step(ctx, tiny_batch())
     assert {"loss_s", "loss_caam", "loss_kd", "teacher_acc"} <= set(out.metrics)
     out.loss.backward()
@@ -228,7 +209,7 @@ def test_four_kd_variants_share_one_step(tmp_path, caam_w, logit_w):
     assert all(torch.equal(v, method.teacher.state_dict()[k]) for k, v in before.items())
     assert all(p.grad is None for p in method.teacher.parameters())
     if caam_w == logit_w == 0.0:  # the student alone trains exactly like supervised
-        model2, ctx2 = tiny_ctx()
+        model2, ctx2 = tiny_ctx(epoch=LATE)
         out2 = METHODS["supervised"](method_config("supervised")).step(ctx2, tiny_batch())
         out2.loss.backward()
         assert torch.equal(out.loss, out2.loss)
@@ -286,7 +267,7 @@ def test_shipped_sweep_specs_pair_each_student_with_its_seeds_teacher():
             assert r.config.split.seed == r.seed and r.config.split.n_labeled == teachers.runs[0].config.split.n_labeled
     roles = {r.setting: r.role for r in plan.runs}
     assert roles["pseudo_label"] == "ablation" and roles["pseudo_label+cam"] == "other"  # not the paper's ablation
-    warm = {r.setting: r.config.method.cam_warmup_epochs for r in plan.runs if r.config.method.name == "cam_loss"}
+    warm = {r.setting: r.config.method.cam.ramp_epochs for r in plan.runs if r.config.method.name == "cam_loss"}
     assert warm == {"cam_loss": 3.0, "cam_loss-nowarmup": 0.0, "cam_loss-lambda1": 3.0, "cam_loss-detach-w": 3.0}
 
 
@@ -312,26 +293,18 @@ def test_caam_diagnostics_on_known_cases():
 
 # ---------------------------------------------------------------- the command line, on the embedded mini set
 
-TINY = ["--width", "0.125", "--labeled", "100", "--ratio", "0", "--epochs", "1", "optim.batch_size=50",
-        "cam_grid=false", "threads=1"]
 
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("kd") / "teacher"
-    assert main(["train", "--method", "supervised", "--out", str(run), *TINY, "--width", "0.25"]) == 0
-    return run
+@pytest.fixture
+def teacher_run(supervised_run) -> Path:
+    """A trained run to distil from: the session's tiny supervised run (never changed by these tests)."""
+    return supervised_run
 
 
 def test_cam_loss_from_the_command_line_and_its_caam_grid(tmp_path):
     from PIL import Image
 
     run = tmp_path / "cam_loss"
-    assert main(["train", "--method", "cam_loss", "--out", str(run), *TINY, "method.cam_warmup_epochs=0"]) == 0
+    assert main(["train", "--method", "cam_loss", "--out", str(run), *TINY, "method.cam.ramp_epochs=0"]) == 0
     rec = records(run)[0]
     assert {"loss_s", "loss_cam", "cam_weight", "caam_cam_agreement", "caam_outside_share"} <= set(rec)
     assert rec["cam_weight"] == 1.0 and rec["loss_cam"] > 0  # the default λ
@@ -408,7 +381,9 @@ def test_bad_teacher_input_from_the_command_line(teacher_run, tmp_path, capsys):
     (tmp_path / "notarun").mkdir()
     (tmp_path / "notarun" / "weights.pt").write_bytes(b"not a checkpoint")
     fails([*kd, "--teacher", str(tmp_path / "notarun")], capsys, "method.teacher", "not a camssl run directory")
-    fails([*kd, "--teacher", str(tmp_path / "notarun" / "weights.pt")], capsys, "not a camssl run directory")
+    err = fails([*kd, "--teacher", str(tmp_path / "notarun" / "weights.pt")], capsys, "method.teacher",
+                "cannot read checkpoint", "not a camssl checkpoint")
+    assert "restart the run" not in err  # the advice of a resume is no advice about a teacher
     two = fake_run(tmp_path / "two", classes=["apple", "pear"])
     fails([*kd, "--teacher", str(two)], capsys, "has 2 classes", "this run's data has 10")
     fails(kd, capsys, "needs a teacher", "--teacher RUN_DIR")

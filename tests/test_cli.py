@@ -5,23 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+import camssl
 from camssl.cli import main
 from camssl.config import dump_yaml, load_config
 from camssl.models import build_model
-
-TINY = ["--width", "0.125", "--labeled", "200", "--ratio", "1", "--epochs", "1", "optim.batch_size=32"]
-
-
-@pytest.fixture(scope="module")
-def gradcam_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--method", "gradcam", "--layer", "layer3", "--out", str(run), *TINY]) == 0
-    return run
+from conftest import TINY, one_line_error
 
 
 def test_train_prints_progress_and_result(gradcam_run, capsys):
@@ -36,10 +30,18 @@ def test_train_prints_progress_and_result(gradcam_run, capsys):
     assert -1.0 <= records[0]["map_agreement"] <= 1.0
 
 
+def test_subprocesses_import_the_camssl_under_test(tmp_path):
+    """python -m camssl, torchrun workers and sweep jobs run this checkout's code, from any directory."""
+    proc = subprocess.run([sys.executable, "-c", "import camssl; print(camssl.__file__)"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).resolve() == Path(camssl.__file__).resolve()
+
+
 def test_console_script_end_to_end(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "camssl", "train", "--out", str(run), *TINY, "cam_grid=false"],
+        [sys.executable, "-m", "camssl", "train", "--out", str(run), *TINY],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
@@ -62,12 +64,6 @@ def test_cam_command_on_test_split_and_on_a_folder(gradcam_run, tmp_path, capsys
     assert out2.exists()
 
 
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize(
     "argv, needle",
     [
@@ -77,7 +73,7 @@ def one_line_error(capsys) -> str:
         (["train", "--labeled", "5000"], "split.n_labeled"),
         (["train", "--method", "gradcam", "--layer", "layer9", *TINY], "layer1, layer2, layer3, layer4"),
         (["train", "--config", "nosuch"], "demo"),
-        (["cam", "/no/such/run"], "not a camssl run directory"),
+        (["cam", "/no/such/run"], "'/no/such/run' does not exist; pass a camssl run directory"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_2(argv, needle, capsys, tmp_path):

@@ -7,11 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
-from test_experiments import fake_sweep, table_args, write_spec
 
 from camssl import experiments as E
 from camssl import io
 from camssl.errors import UserError
+from conftest import fake_sweep, table_args, write_spec
 
 SPEC = """\
 base: demo
@@ -20,7 +20,7 @@ sweep:
   ratios: [1.0]
   settings:
     cam_loss: {method.name: cam_loss}
-    pseudo_label: {method.name: pseudo_label}
+    pseudo_label: {method.name: pseudo_label, role: ablation}
   baseline:
     supervised: {method.name: supervised, split.ratio: 0}
 """

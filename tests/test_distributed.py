@@ -13,7 +13,8 @@ What is checked, and why the tolerances are what they are:
   run takes (recorded from ``Batch.idx_l`` by the test method ``index_log``, which is
   ``supervised`` plus that record in its checkpointed state; tests/camssl_test_methods.py).
 - Both ranks SIGKILLed after the first checkpoint: `torchrun ... --resume` reproduces the
-  uninterrupted 2-process run to 1e-6 (every rank gets its own RNG state back).
+  uninterrupted 2-process run to 1e-6 (every rank gets its own RNG state back, the EMA and a
+  method's per-sample table): tests/test_lga_runs.py.
 - Its numbers are close to a one-process run with the same global batch, but not equal:
   in train mode BatchNorm normalises each rank's 16 images with their own statistics
   instead of all 32 (measured: the first-step loss moves by ~0.02, and the tiny, chaotic
@@ -26,12 +27,7 @@ What is checked, and why the tolerances are what they are:
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -39,45 +35,17 @@ import torch
 
 from camssl.config import load_config
 from camssl.train import train
-from camssl_test_methods import PLUGIN_ENV
-
-HERE = Path(__file__).parent
-TINY = ["--width", "0.125", "--labeled", "200", "--ratio", "1", "--epochs", "2",
-        "optim.batch_size=32", "threads=1"]
-
-
-def torchrun_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", **PLUGIN_ENV}
-
-
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(torchrun_cmd(*args), capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (Linux /proc)."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                out.append(int(proc.name))
-    return out
+from conftest import (ONE_THREAD_PLUGINS, TESTS, TINY_DDP, process_settings_kept, records,
+                      test_methods_registered, torchrun, torchrun_cmd, torchruns)
 
 
 def test_ddp_gradients_are_those_of_data_parallel_sgd(tmp_path):
     out = tmp_path / "grads.json"
-    proc = torchrun(str(HERE / "ddp_grad_check.py"), str(out))
+    proc = torchrun(str(TESTS / "ddp_grad_check.py"), str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     for case in ("supervised", "pseudo_label", "gradcam_full_layer3", "gradcam_detach_layer3",
-                 "gradcam_full_layer4_closed_form"):
+                 "gradcam_full_layer4_closed_form", "fixmatch_gradcam_full_layer3"):
         assert report[case] < 1e-5, (case, report[case])  # relative to the largest gradient entry
     assert report["global_batch_eval_bn"] < 1e-4, report
 
@@ -86,15 +54,18 @@ def test_ddp_gradients_are_those_of_data_parallel_sgd(tmp_path):
 def runs(tmp_path_factory):
     """The same supervised run (unaugmented labeled view) with 2 processes and with 1."""
     root = tmp_path_factory.mktemp("ddp")
-    args = [*TINY, "--method", "index_log", "labeled_view=original"]
-    proc = torchrun("-m", "camssl", "train", "--out", str(root / "ddp"), *args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    single = load_config("demo", [
-        "model.width=0.125", "split.n_labeled=200", "split.ratio=1", "optim.epochs=2", "optim.batch_size=32",
-        "threads=1", "method.name=index_log", "labeled_view=original", "cam_grid=false",
-    ])
-    train(single, root / "single", log=lambda s: None)
-    return root / "ddp", root / "single", proc
+    args = [*TINY_DDP, "method.name=index_log", "labeled_view=original"]
+    ddp = subprocess.Popen(torchrun_cmd(2, "-m", "camssl", "train", "--out", str(root / "ddp"), *args),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD_PLUGINS)
+    try:  # the one-process run trains here meanwhile
+        with test_methods_registered(), process_settings_kept():
+            train(load_config("demo", [*args, "cam_grid=false"]), root / "single", log=lambda s: None)
+        out, err = ddp.communicate(timeout=300)
+    finally:
+        if ddp.poll() is None:
+            ddp.kill()
+    assert ddp.returncode == 0, err[-3000:]
+    return root / "ddp", root / "single", subprocess.CompletedProcess(ddp.args, 0, out, err)
 
 
 def test_two_processes_finish_and_only_rank_0_writes(runs):
@@ -141,7 +112,7 @@ def test_ranks_take_disjoint_shares_of_the_same_global_batches(runs):
 def test_result_is_close_to_one_process_with_the_same_global_batch(runs):
     ddp, single, _ = runs
     a, b = (json.loads((d / "result.json").read_text()) for d in (ddp, single))
-    ha, hb = ([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (ddp, single))
+    ha, hb = records(ddp), records(single)
     assert abs(ha[0]["loss"] - hb[0]["loss"]) < 0.05, (ha[0]["loss"], hb[0]["loss"])
     for key in ("val_acc", "test_acc"):
         assert abs(a[key] - b[key]) <= 0.06, (key, a[key], b[key])
@@ -149,17 +120,21 @@ def test_result_is_close_to_one_process_with_the_same_global_batch(runs):
         (single / "split.json").read_text())["labeled"]
 
 
-def test_gradcam_full_mode_trains_in_two_processes(tmp_path):
-    """Grad-CAM (full mode, autograd layer: double backward) end to end; --resume of a finished run keeps it."""
+def test_gradcam_full_mode_trains_in_two_processes(runs, tmp_path):
+    """Grad-CAM (full mode, autograd layer: double backward) end to end; --resume of a finished 2-process run
+    (the shared one, at the same time) keeps it."""
     run = tmp_path / "gc"
     args = ["--width", "0.125", "--labeled", "64", "--ratio", "1", "--epochs", "1", "--method", "gradcam",
-            "--layer", "layer3", "optim.batch_size=32", "method.grad_mode=full", "cam_grid=false", "threads=1"]
-    proc = torchrun("-m", "camssl", "train", "--out", str(run), *args)
+            "--layer", "layer3", "optim.batch_size=32", "method.gradcam.grad_mode=full", "cam_grid=false", "threads=1"]
+    finished, _, _ = runs
+    before = {p.name: p.stat().st_mtime_ns for p in finished.iterdir()}
+    proc, again = torchruns(["-m", "camssl", "train", "--out", str(run), *args],
+                            ["-m", "camssl", "train", "--resume", str(finished)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert record["loss_g"] > 0 and 0 <= record["val_acc"] <= 1
-    proc = torchrun("-m", "camssl", "train", "--resume", str(run))
-    assert proc.returncode == 0 and "already finished" in proc.stdout, proc.stderr[-3000:]
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in finished.iterdir()} == before
 
 
 def rank0_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -183,48 +158,9 @@ def test_errors_found_by_rank_0_stop_every_rank(runs, tmp_path):
     """A check only rank 0 makes (the run directory; the data, loaded there first) ends all ranks."""
     ddp, _, _ = runs
     before = {p.name: p.stat().st_mtime_ns for p in ddp.iterdir()}
-    err = rank0_error(torchrun("-m", "camssl", "train", "--out", str(ddp), "threads=1", timeout=120))
-    assert "already holds a run" in err
+    busy, nowhere = torchruns(["-m", "camssl", "train", "--out", str(ddp), "threads=1"],
+                              ["-m", "camssl", "train", "--data", str(tmp_path / "nowhere"), "--out",
+                               str(tmp_path / "r"), "threads=1"], timeout=120)
+    assert "already holds a run" in rank0_error(busy)
     assert {p.name: p.stat().st_mtime_ns for p in ddp.iterdir()} == before
-    err = rank0_error(torchrun("-m", "camssl", "train", "--data", str(tmp_path / "nowhere"),
-                               "--out", str(tmp_path / "r"), "threads=1", timeout=120))
-    assert "does not exist" in err and not (tmp_path / "r").exists()
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
-def test_sigkilled_two_process_run_resumes_exactly(tmp_path):
-    """Both ranks SIGKILLed after the first checkpoint; torchrun --resume gives the uninterrupted run's numbers.
-
-    pseudo_label draws augmentations from each rank's own generator, so this fails unless
-    every rank gets its own RNG state back from the checkpoint (written by rank 0 only); the
-    EMA (evaluated) and the averaged BatchNorm statistics must come back too.
-    """
-    args = ["--width", "0.125", "--labeled", "320", "--ratio", "1", "--epochs", "2", "--method", "pseudo_label",
-            "optim.batch_size=32", "optim.ema_decay=0.9", "deterministic=true", "cam_grid=false", "threads=1"]
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    proc = torchrun("-m", "camssl", "train", "--out", str(full), *args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    launcher = subprocess.Popen(torchrun_cmd("-m", "camssl", "train", "--out", str(killed), *args),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 300
-    while not (killed / "last.pt").exists():
-        assert launcher.poll() is None and time.time() < deadline
-        time.sleep(0.01)
-    workers = child_pids(launcher.pid)
-    assert len(workers) == 2
-    for pid in workers:  # the training processes die at once, wherever they are
-        os.kill(pid, signal.SIGKILL)
-    launcher.wait(timeout=60)
-    state = torch.load(killed / "last.pt", weights_only=True)
-    assert state["epoch"] == 1 and len(state["rng_ranks"]) == 2 and not (killed / "result.json").exists()
-
-    proc = torchrun("-m", "camssl", "train", "--resume", str(killed))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stdout and "after epoch 1" in proc.stdout
-    a, b = (json.loads((d / "result.json").read_text()) for d in (full, killed))
-    for key in ("test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val", "test_loss", "steps"):
-        assert b[key] == pytest.approx(a[key], abs=1e-6), key
-    ra, rb = ([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, killed))
-    for key in ("loss", "loss_p", "pl_acc", "val_acc"):
-        assert rb[1][key] == pytest.approx(ra[1][key], abs=1e-6), key
+    assert "does not exist" in rank0_error(nowhere) and not (tmp_path / "r").exists()

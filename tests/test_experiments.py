@@ -25,41 +25,7 @@ from camssl.data import SplitConfig, load_data, make_split
 from camssl.data.sources import DataConfig
 from camssl.errors import ConfigError, DataError, UserError
 from camssl.train import train
-
-TINY_SPEC = """\
-base: demo
-model: {width: 0.125}
-split: {n_labeled: 200}
-optim: {epochs: 2, batch_size: 32}
-cam_grid: false
-sweep:
-  seeds: 2
-  ratios: [1.0]
-  settings:
-    gradcam-layer3: {method.name: gradcam, method.layers: [layer3]}
-    pseudo_label: {method.name: pseudo_label}
-  baseline:
-    supervised: {method.name: supervised, split.ratio: 0}
-"""
-
-
-def write_spec(tmp_path: Path, text: str = TINY_SPEC, name: str = "spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def sweep_args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    E.add_sweep_arguments(p)
-    return p.parse_args(list(argv))
-
-
-def table_args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    E.add_table_arguments(p)
-    return p.parse_args(list(argv))
-
+from conftest import TINY_SPEC, fake_sweep, sweep_args, table_args, write_spec
 
 # ---------------------------------------------------------------- the spec and the plan
 
@@ -77,9 +43,11 @@ def test_plan_expands_the_grid_with_paired_seeds_and_stable_names(tmp_path):
     roles = {r.setting: (r.role, r.layer, r.config.method.name) for r in plan.runs}
     assert roles == {
         "supervised": ("baseline", None, "supervised"),
-        "gradcam-layer3": ("gradcam", "layer3", "gradcam"),
+        "gradcam-layer3": ("method", "layer3", "gradcam"),
         "pseudo_label": ("ablation", None, "pseudo_label"),
     }
+    unsaid = E.plan_sweep(write_spec(tmp_path, TINY_SPEC.replace(", role: ablation", ""), "unsaid.yaml"))
+    assert {r.setting: r.role for r in unsaid.runs}["pseudo_label"] == "other"  # a role the spec does not say
     base = next(r for r in plan.runs if r.group == "baseline")
     assert base.ratio is None and base.config.split.ratio == 0
     assert {r.config.split.ratio for r in plan.runs if r.group == "grid"} == {1.0}
@@ -114,12 +82,21 @@ def test_bad_sweep_section_is_one_clear_error(tmp_path, change, message):
 
 
 def test_unknown_config_keys_and_grid_keys_in_settings_are_rejected(tmp_path):
-    bad_key = TINY_SPEC.replace("method.layers: [layer3]", "method.layerz: [layer3]")
-    with pytest.raises(ConfigError, match=r"setting gradcam-layer3: unknown config key method.layerz"):
+    bad_key = TINY_SPEC.replace("method.gradcam.layers: [layer3]", "method.gradcam.layerz: [layer3]")
+    with pytest.raises(ConfigError, match=r"setting gradcam-layer3: unknown config key method.gradcam.layerz"):
         E.plan_sweep(write_spec(tmp_path, bad_key))
+    old_key = TINY_SPEC.replace("method.gradcam.layers: [layer3]", "method.layers: [layer3]")
+    with pytest.raises(ConfigError, match=r"setting gradcam-layer3: config key method.layers was renamed: write "
+                                          r"method.gradcam.layers instead$"):
+        E.plan_sweep(write_spec(tmp_path, old_key))
+    bad_role = TINY_SPEC.replace("role: ablation", "role: gradcam")
+    with pytest.raises(ConfigError, match=r"pseudo_label: role 'gradcam' is unknown; choose one of: method, ablation, "
+                                          r"teacher, other"):
+        E.plan_sweep(write_spec(tmp_path, bad_role))
     with pytest.raises(ConfigError, match="unknown config key modle"):
         E.plan_sweep(write_spec(tmp_path, "modle: {width: 1}\n" + TINY_SPEC))
-    grid_key = TINY_SPEC.replace("{method.name: pseudo_label}", "{method.name: pseudo_label, seed: 3}")
+    grid_key = TINY_SPEC.replace("{method.name: pseudo_label, role: ablation}",
+                                 "{method.name: pseudo_label, role: ablation, seed: 3}")
     with pytest.raises(ConfigError, match="sets seed, which the sweep's grid sets"):
         E.plan_sweep(write_spec(tmp_path, grid_key))
     with pytest.raises(ConfigError, match="split.ratio"):
@@ -160,7 +137,7 @@ def test_shipped_specs_expand_to_the_papers_grid():
     for name, model in (("table1-cpu", "resnet18"), ("table1-paper", "resnet50_imagenet")):
         plan = E.plan_sweep(name)
         assert len(plan.runs) == 48 and plan.seeds == [0, 1, 2] and plan.ratios == [0.5, 1.0, 2.0]
-        layers = sorted({r.layer for r in plan.runs if r.role == "gradcam"})
+        layers = sorted({r.layer for r in plan.runs if r.role == "method"})
         assert layers == ["layer1", "layer2", "layer3", "layer4"]
         assert sum(r.role == "ablation" for r in plan.runs) == 9 and sum(r.role == "baseline" for r in plan.runs) == 3
         assert all(r.config.model.name == model and r.config.split.n_labeled == 5000 for r in plan.runs)
@@ -271,8 +248,9 @@ def test_tiny_sweep_end_to_end_resumes_a_killed_run_and_lists_a_failure(tmp_path
 @pytest.mark.slow
 def test_a_sweep_killed_mid_run_continues_where_it_stopped(tmp_path):
     """Kill the whole sweep (runner and training process) after a checkpoint, then rerun it."""
-    spec = write_spec(tmp_path, TINY_SPEC.replace("epochs: 2", "epochs: 6").replace("seeds: 2", "seeds: [0]")
-                      .replace("    gradcam-layer3: {method.name: gradcam, method.layers: [layer3]}\n", "")
+    spec = write_spec(tmp_path, TINY_SPEC.replace("epochs: 2", "epochs: 4").replace("seeds: 2", "seeds: [0]")
+                      .replace("    gradcam-layer3: {method.name: gradcam, method.gradcam.layers: [layer3], "
+                               "role: method}\n", "")
                       .replace("  baseline:\n    supervised: {method.name: supervised, split.ratio: 0}\n", ""))
     out = tmp_path / "sweep"
     script = (
@@ -296,64 +274,15 @@ def test_a_sweep_killed_mid_run_continues_where_it_stopped(tmp_path):
                 time.sleep(0.1)
         fcntl.flock(lock, fcntl.LOCK_UN)
     done_before = len((run / "metrics.jsonl").read_text().splitlines())
-    assert 1 <= done_before < 6 and not (run / "result.json").exists()
+    assert 1 <= done_before < 4 and not (run / "result.json").exists()
     lines: list[str] = []
     assert E.run_sweep(E.plan_sweep(spec), out, log=lines.append) == 0
     assert any("(resumed after epoch" in l for l in lines)
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------- the table arithmetic
-
-TABLE_SPEC = """\
-base: demo
-sweep:
-  seeds: [0, 1, 2]
-  ratios: [0.5, 1.0]
-  settings:
-    gradcam-layer1: {method.name: gradcam, method.layers: [layer1]}
-    gradcam-layer3: {method.name: gradcam, method.layers: [layer3]}
-    pseudo_label: {method.name: pseudo_label}
-  baseline:
-    supervised: {method.name: supervised, split.ratio: 0}
-"""
-
-# (setting, ratio) -> per-seed final validation accuracy in %; test = val - 1; best-val = val + 0.5
-VAL = {
-    ("gradcam-layer3", 0.5): [70.0, 72.0, 74.0],
-    ("gradcam-layer1", 0.5): [60.0, 61.0, 65.0],
-    ("pseudo_label", 0.5): [69.0, 70.0, 72.0],
-    ("gradcam-layer3", 1.0): [71.0, 71.0, 71.0],
-    ("gradcam-layer1", 1.0): [75.0, 76.0, 77.0],
-    ("pseudo_label", 1.0): [72.0, 73.0, 71.0],
-    ("supervised", None): [68.0, 71.0, 70.0],
-}
-
-
-def fake_sweep(tmp_path: Path, missing: tuple[str, ...] = ()) -> Path:
-    plan = E.plan_sweep(write_spec(tmp_path, TABLE_SPEC))
-    out = tmp_path / "fake"
-    from camssl import io
-
-    io.write_json(out / "sweep.json", plan.record())
-    for r in plan.runs:
-        if r.id in missing:
-            continue
-        v = VAL[(r.setting, r.ratio)][r.seed] / 100
-        io.write_json(out / r.id / "result.json", {
-            "val_acc": v, "test_acc": v - 0.01, "best_val_acc": v + 0.005, "test_acc_at_best_val": v - 0.02,
-            "best_val_epoch": 3, "epochs": 4, "steps": 40, "wall_time_s": 60.0, "images_per_s": 100.0,
-            "data": "mini-cifar10", "n_labeled": 1000, "n_val": 500, "n_test": 500, "device": "cpu",
-            "method": r.config.method.name, "config": r.config.to_dict(),
-        })
-        # last-epoch diagnostics: agreement 0.1 * seed + 0.3, blank maps 0.25 for Grad-CAM runs
-        diag = {"map_agreement": 0.3 + 0.1 * r.seed, "blank_maps": 0.25 if r.role == "gradcam" else 0.0}
-        (out / r.id / "metrics.jsonl").write_text(
-            json.dumps({"epoch": 3, "map_agreement": 0.0}) + "\n" + json.dumps({"epoch": 4, **diag}) + "\n"
-        )
-    return out
-
 
 def csv_rows(out: Path) -> list[dict[str, str]]:
     with open(out / "results.csv") as f:

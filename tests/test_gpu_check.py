@@ -3,14 +3,16 @@
 The script is what a user with a CUDA machine runs for the first GPU run (issue 16); no
 test here has a GPU, so this checks that every step still starts, finishes and is
 reported — Grad-CAM against captum in float32 and under bf16 autocast (CPU autocast),
-one epoch of every method, a 2-process gloo torchrun, camssl bench --quick and the
-three paper-scale runs — by reading the numbers back out of OUT/gpu.md. That one tiny
-run (11 subprocesses on 1 thread each; their start-up dominates) takes 75-130 s on this
-project's 2-core machine while other jobs load it (~60 s of CPU time), so the tests that
-read it are marked ``slow`` (CI still runs them). A second, failing run (missing data,
-~10 s) checks that a failure is recorded with its error and gives a non-zero exit
-status, and the CUDA-only branches (which commands a GPU run builds) are checked
-without a GPU through a runner that only records the commands.
+one epoch of every registered method, a 2-process gloo torchrun, camssl bench --quick and
+the three paper-scale runs — by reading the numbers back out of OUT/gpu.md.
+
+That tiny run is the script's ``main`` in this process, with a runner that runs each
+``python -m camssl ...`` command (and the Grad-CAM worker) in this process too, where the
+script would start a subprocess: 25 start-ups of torch saved. The torchrun step still
+launches its 2 real processes, and a second, failing run of the real script (missing
+data) checks the subprocess runner: a failure is recorded with its error and gives a
+non-zero exit status. The CUDA-only branches (which commands a GPU run builds) are
+checked without a GPU through a runner that only records the commands.
 """
 
 from __future__ import annotations
@@ -18,25 +20,26 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "gpu_check.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from conftest import ONE_THREAD, SCRIPTS, process_settings_kept
+
+SCRIPT = SCRIPTS / "gpu_check.py"
 STEP_TITLES = ["Grad-CAM against captum", "One epoch of every method under AMP", "torchrun", "camssl bench",
                "Paper-scale comparison"]
 
 
 def run_script(*args: str, timeout: int = 400) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env=ENV)
+                          env=ONE_THREAD)
 
 
 def section(md: str, number: int) -> str:
@@ -69,19 +72,66 @@ def number(cell: str) -> float:
     return float(match.group(0))
 
 
+def builtin_methods() -> list[str]:
+    """The methods camssl itself registers (not those a test or the README example adds to the registry)."""
+    from camssl.methods import METHODS
+
+    return sorted(n for n, m in METHODS.items() if m.__module__.startswith("camssl.methods."))
+
+
+def in_process_runner(mod):
+    """The script's Runner, running ``python -m camssl ...`` and the script's own workers in this process."""
+    from camssl.cli import main as camssl_main
+
+    class InProcess(mod.Runner):
+        def run(self, name, argv, timeout):
+            argv = list(argv)
+            if argv[:3] == [sys.executable, "-m", "camssl"]:
+                call = lambda: camssl_main(argv[3:])  # noqa: E731
+            elif argv[:2] == [sys.executable, str(SCRIPT)]:
+                call = lambda: mod.main(argv[2:])  # noqa: E731
+            else:
+                return super().run(name, argv, timeout)  # torchrun: real processes
+            out, err = self.logs / f"{name}.out", self.logs / f"{name}.err"
+            self.log(f"  $ {mod.shown(argv)}   (in the test process)")
+            t0 = time.time()
+            with open(out, "w") as fo, open(err, "w") as fe, process_settings_kept(), \
+                    contextlib.redirect_stdout(fo), contextlib.redirect_stderr(fe):
+                try:
+                    rc = call()
+                except SystemExit as e:
+                    rc = e.code if isinstance(e.code, int) else 1
+                except Exception:  # noqa: BLE001 - recorded like a crashed subprocess
+                    fe.write(traceback.format_exc())
+                    rc = 1
+            return mod.Ran(name, mod.shown(argv), rc, time.time() - t0, False, out, err, timeout)
+
+    return InProcess
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path, str]:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path, str]:
+    from camssl.methods import METHODS
+
     out = tmp_path_factory.mktemp("gpu_check")
-    proc = run_script("--tiny", "--out", str(out))
+    mod = load_script()
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mod, "Runner", in_process_runner(mod))
+        mp.setenv("OMP_NUM_THREADS", "1")  # main() sets it for --tiny
+        for name in set(METHODS) - set(builtin_methods()):
+            mp.delitem(METHODS, name)  # the script counts the registry: only what camssl registers
+        with contextlib.redirect_stdout(printed):
+            rc = mod.main(["--tiny", "--out", str(out)])
     summary = out / "gpu.md"
-    assert summary.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc, out, summary.read_text()
+    assert summary.exists(), printed.getvalue()[-3000:]
+    return rc, out, summary.read_text()
 
 
 @pytest.mark.slow
 def test_tiny_run_passes_every_step(tiny) -> None:
-    proc, _, md = tiny
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rc, out, md = tiny
+    assert rc == 0, md[-4000:] + "".join(p.read_text()[-1000:] for p in (out / "logs").glob("*.err"))
     assert "Overall: **PASS** — 5 of 5 steps passed." in md
     assert "No GPU was used" in md and "--tiny" in md
     overview = tables(md.split("## Steps", 1)[1].split("\n## ", 1)[0])[0]
@@ -128,23 +178,33 @@ def _amp_dtype_selectable() -> bool:
 def test_amp_step_rows(tiny) -> None:
     _, out, md = tiny
     rows = tables(section(md, 2))[0]
-    methods = ["supervised", "pseudo_label", "gradcam@layer3/full", "gradcam@layer3/detach-weights"]
+    # every registered method, gradcam in both gradient modes, a method with a teacher last (it distils the
+    # supervised run of its precision)
+    names = builtin_methods()
+    assert {"supervised", "pseudo_label", "gradcam", "fixmatch", "vat", "lga", "cam_loss", "cam_kd"} <= set(names)
+    methods = [m for n in names if n != "cam_kd"
+               for m in ((["gradcam@layer3/full", "gradcam@layer3/detach-weights"]) if n == "gradcam" else [n])]
+    methods.append("cam_kd")
     ran = [r for r in rows if r["status"] != "SKIP"]
-    assert [r["method"] for r in ran[:4]] == methods
+    assert [r["method"] for r in ran[:len(methods)]] == methods
     for r in ran:
         assert r["status"] == "PASS", r
         assert number(r["last loss"]) > 0 and number(r["images / s"]) > 0
     skipped = [r for r in rows if r["status"] == "SKIP"]
     if _amp_dtype_selectable():
-        assert not skipped and len(ran) == 8
+        assert not skipped and [r["method"] for r in ran] == methods * 2
     else:  # the script must say so, not pretend
         assert [r["method"] for r in skipped] == methods
         assert all("fp16 not selectable" in r["note"] for r in skipped)
         assert "**fp16 not selectable**" in section(md, 2)
+    commands = section(md, 2).split("Commands:", 1)[1]
     for method in ("supervised", "pseudo_label"):
-        assert "method.grad_mode" not in next(ln for ln in section(md, 2).splitlines()
-                                              if f"--method {method} " in ln)  # gradcam-only keys
+        line = next(ln for ln in commands.splitlines() if f"--method {method} " in ln)
+        assert " method." not in line  # gradcam-only keys
+    kd = next(ln for ln in commands.splitlines() if "--method cam_kd " in ln)
+    assert "--teacher " in kd and "amp-amp-supervised" in kd
     assert (out / "runs" / "amp-amp-gradcam-layer3-detach-weights" / "result.json").exists()
+    assert (out / "runs" / "amp-amp-cam_kd" / "result.json").exists()
 
 
 @pytest.mark.slow
@@ -242,27 +302,41 @@ def fake_gpu_ctx(mod, tmp_path: Path, argv: list[str]):
 
 
 def test_gpu_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from camssl.methods import METHODS
+
     mod = load_script()
     ctx = fake_gpu_ctx(mod, tmp_path, ["--data", "cifar.tar.gz"])
 
-    # amp without an amp_dtype field: 4 bf16 runs (amp=true picks bf16), fp16 recorded as not selectable
+    # amp without an amp_dtype field: one bf16 run per method (amp=true picks bf16), fp16 recorded as not selectable
+    for name in set(METHODS) - set(builtin_methods()):
+        monkeypatch.delitem(METHODS, name)
+    n = len(builtin_methods()) + 1  # gradcam in both gradient modes
     monkeypatch.setattr(mod, "config_fields", lambda c: ({"amp", "device"}, mod.Ran(
         "config", "camssl config", 0, 0.1, False, tmp_path / "c.out", tmp_path / "c.err", 0)))
     res = mod.step_amp(ctx, 400)
     assert res.status == "PASS" and "fp16 not selectable" in res.summary
     trains = ctx.runner.argvs
-    assert len(trains) == 4 and all("device=cuda" in a and "amp=true" in a and "model.width=1.0" in a for a in trains)
+    assert len(trains) == n and all("device=cuda" in a and "amp=true" in a and "model.width=1.0" in a for a in trains)
     assert not any("amp_dtype" in x for a in trains for x in a)
-    assert not any(x.startswith("method.") for a in trains[:2] for x in a)  # gradcam-only keys
-    assert "method.grad_mode=detach-weights" in trains[3]
+    by_method = {}
+    for a in trains:
+        by_method.setdefault(a[a.index("--method") + 1], []).append(a)
+    assert set(by_method) == set(builtin_methods()) and len(by_method["gradcam"]) == 2
+    for name, argvs in by_method.items():
+        if name != "gradcam":
+            assert not any(x.startswith("method.") for a in argvs for x in a), name  # gradcam-only keys
+    assert ["method.gradcam.grad_mode=full" in a for a in by_method["gradcam"]] == [True, False]
+    assert "method.gradcam.grad_mode=detach-weights" in by_method["gradcam"][1]
+    (kd,) = by_method["cam_kd"]  # the teacher: the supervised run just before it, kept
+    assert trains[-1] is kd and kd[kd.index("--teacher") + 1] == mod._rel(tmp_path / "runs" / "amp-amp-supervised")
 
-    # ... and with the field: bf16 and fp16 forced, 8 runs
+    # ... and with the field: bf16 and fp16 forced, two runs per method
     ctx.runner.argvs.clear()
     monkeypatch.setattr(mod, "config_fields", lambda c: ({"amp", "amp_dtype"}, mod.Ran(
         "config", "camssl config", 0, 0.1, False, tmp_path / "c.out", tmp_path / "c.err", 0)))
     res = mod.step_amp(ctx, 400)
-    assert res.status == "PASS" and len(ctx.runner.argvs) == 8
-    assert sum("amp_dtype=fp16" in a for a in ctx.runner.argvs) == 4
+    assert res.status == "PASS" and len(ctx.runner.argvs) == 2 * n
+    assert sum("amp_dtype=fp16" in a for a in ctx.runner.argvs) == n
 
     # torchrun on one GPU: 1 process, device=cuda (cuda:LOCAL_RANK), no process group and it says so
     ctx.runner.argvs.clear()

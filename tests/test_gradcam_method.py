@@ -10,9 +10,9 @@ from torch import nn
 from camssl.augment import AugmentConfig, Augmenter
 from camssl.cam import grad_cam
 from camssl.config import method_config
-from camssl.methods import METHODS, Batch, StepContext
 from camssl.losses import aligned_maps, map_distance
-from camssl.models import build_model
+from camssl.methods import METHODS, Batch, StepContext
+from conftest import tiny_batch, tiny_ctx
 
 
 class PointwiseNet(nn.Module):
@@ -90,30 +90,16 @@ def test_equivariance_through_the_method_step(monkeypatch):
     model = PointwiseNet()
     aug = Augmenter(AugmentConfig())
     monkeypatch.setattr(aug, "strong", aug.weak)  # flips + whole-pixel crops as the "strong" view
-    method = METHODS["gradcam"](method_config("gradcam", layers=["layer1", "layer2"]))
+    method = METHODS["gradcam"](method_config("gradcam", gradcam={"layers": ["layer1", "layer2"]}))
     x = smooth_images(8)
     ctx = StepContext(model=model, augmenter=aug, generator=torch.Generator().manual_seed(3), epoch=1.0)
     out = method.step(ctx, Batch(x[:4], torch.arange(4), x, torch.zeros(8, dtype=torch.long)))
     assert float(out.metrics["loss_g"]) < 1e-9
 
 
-def tiny_ctx(seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model("resnet18", 10, width=0.125)
-    return model, StepContext(model=model, augmenter=Augmenter(AugmentConfig()),
-                              generator=torch.Generator().manual_seed(seed), epoch=0.5)
-
-
-def tiny_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (12, 3, 32, 32), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (12,), generator=g)
-    return Batch(x[:4], y[:4], x[4:], y[4:])
-
-
 def test_gamma_zero_is_exactly_the_pseudo_label_ablation():
     model, ctx = tiny_ctx()
-    out_g = METHODS["gradcam"](method_config("gradcam", gamma=0.0)).step(ctx, tiny_batch())
+    out_g = METHODS["gradcam"](method_config("gradcam", gradcam={"weight": 0.0})).step(ctx, tiny_batch())
     out_g.loss.backward()
     grads_g = [p.grad.clone() for p in model.parameters()]
     model2, ctx2 = tiny_ctx()
@@ -127,7 +113,8 @@ def test_gamma_zero_is_exactly_the_pseudo_label_ablation():
 @pytest.mark.parametrize("mode, fc_moves", [("full", True), ("detach-weights", False)])
 def test_loss_g_reaches_the_right_parameters(mode, fc_moves):
     model, ctx = tiny_ctx()
-    cfg = method_config("gradcam", alpha=0.0, beta=0.0, gamma=1.0, layers=["layer3"], grad_mode=mode)
+    cfg = method_config("gradcam", alpha=0.0, pseudo={"weight": 0.0},
+                        gradcam={"weight": 1.0, "layers": ["layer3"], "grad_mode": mode})
     out = METHODS["gradcam"](cfg).step(ctx, tiny_batch())
     assert float(out.metrics["loss_g"]) > 0
     out.loss.backward()
@@ -138,12 +125,18 @@ def test_loss_g_reaches_the_right_parameters(mode, fc_moves):
 
 def test_threshold_masks_l_p_and_l_g_and_rampup():
     model, ctx = tiny_ctx()
-    cfg = method_config("gradcam", threshold=0.999)  # an untrained net is never this sure
+    cfg = method_config("gradcam", pseudo={"threshold": 0.999})  # an untrained net is never this sure
     out = METHODS["gradcam"](cfg).step(ctx, tiny_batch())
     assert float(out.metrics["mask_rate"]) == 0.0
     assert float(out.metrics["loss_p"]) == 0.0 and float(out.metrics["loss_g"]) == 0.0
-    method = METHODS["gradcam"](method_config("gradcam", gamma=2.0, gamma_rampup_epochs=4))
-    assert method.gamma_at(0) == 0.0 and method.gamma_at(1) == 0.5 and method.gamma_at(10) == 2.0
+    # γ ramps up linearly over gradcam.ramp_epochs, and the step's loss uses γ(t)
+    method = METHODS["gradcam"](method_config("gradcam", gradcam={"weight": 2.0, "ramp_epochs": 4}))
+    for epoch, gamma in ((0.0, 0.0), (1.0, 0.5), (10.0, 2.0)):
+        _, ctx = tiny_ctx(epoch=epoch)
+        out = method.step(ctx, tiny_batch())
+        assert float(out.metrics["gamma"]) == gamma
+        expected = out.metrics["loss_s"] + out.metrics["loss_p"] + gamma * out.metrics["loss_g"]
+        assert float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_map_diagnostics_on_known_cases(monkeypatch):

@@ -197,7 +197,7 @@ def batch_of(images, labels, idx_l, idx_u) -> Batch:
 
 
 @pytest.mark.parametrize("fields", [{}, {"scope": "all", "grad_distance": "sql2"},
-                                    {"vat_weight": 0.3, "view": "strong", "entmin_weight": 0.1, "init": "uniform"}])
+                                    {"vat": {"weight": 0.3, "entmin_weight": 0.1}, "view": "strong", "init": "uniform"}])
 def test_step_writes_no_grad_and_the_rows_after_the_step(fields):
     method, model, ctx, images, labels = method_run(**fields)
     idx_u = torch.arange(8, 20)

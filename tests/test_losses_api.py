@@ -63,7 +63,7 @@ def test_the_public_loss_equals_the_methods_loss_g(grad_mode):
     x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=g)
     batch = Batch(x[:4], torch.arange(4) % 10, x[4:])
     augmenter = Augmenter(AugmentConfig())
-    method = METHODS["gradcam"](method_config("gradcam", layers=["layer2"], grad_mode=grad_mode))
+    method = METHODS["gradcam"](method_config("gradcam", gradcam={"layers": ["layer2"], "grad_mode": grad_mode}))
     ctx = StepContext(model=model, augmenter=augmenter, generator=torch.Generator().manual_seed(5), epoch=1.0)
     expected = method.step(ctx, batch).metrics["loss_g"]
 
@@ -74,7 +74,7 @@ def test_the_public_loss_equals_the_methods_loss_g(grad_mode):
         logits_a = model(anchor.images)
     with capture(model, ["layer2"]) as feats_s:
         logits_s = model(strong.images)
-    cfg = method.cfg  # the method's own settings (its defaults: cosine distance, blank-target guard)
+    cfg = method.cfg.gradcam  # the method's own settings (its defaults: cosine distance, blank-target guard)
     loss_g = gradcam_consistency((logits_a, feats_a), logits_s, feats_s, anchor.theta, strong.theta,
                                  size=(32, 32), mode=grad_mode, norm=cfg.norm, distance=cfg.distance,
                                  skip_blank_targets=cfg.skip_blank_targets)

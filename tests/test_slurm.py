@@ -29,30 +29,16 @@ from camssl.experiments.runner import train_command
 from camssl.experiments.slurm_options import SlurmOptions, plan_with_launcher, slurm_options
 from camssl.experiments.status import sweep_status
 from camssl.train import train
+from conftest import TINY_SPEC
+from conftest import write_spec as spec_file
 
-SPEC = """\
-base: demo
-model: {width: 0.125}
-split: {n_labeled: 100}
-optim: {epochs: 2, batch_size: 32}
-cam_grid: false
-threads: 1
-sweep:
-  seeds: 1
-  ratios: [1.0]
-  settings:
-    gradcam-layer3: {method.name: gradcam, method.layers: [layer3]}
-    pseudo_label: {method.name: pseudo_label}
-  baseline:
-    supervised: {method.name: supervised, split.ratio: 0}
-"""
+# one seed; 3 steps per epoch, so that a preemption signal finds the run still training
+SPEC = TINY_SPEC.replace("seeds: 2", "seeds: 1").replace("batch_size: 50", "batch_size: 32")
 IDS = ["baseline/supervised/s0", "r1.0/gradcam-layer3/s0", "r1.0/pseudo_label/s0"]
 
 
 def write_spec(tmp_path: Path, text: str = SPEC) -> Path:
-    path = tmp_path / "spec.yaml"
-    path.write_text(text)
-    return path
+    return spec_file(tmp_path, text)
 
 
 def wait_for(cond, timeout: float = 240.0, what: str = "") -> None:
@@ -166,8 +152,8 @@ def test_a_preempted_job_is_requeued_and_its_run_resumes(tmp_path):
 
 
 def test_status_of_a_local_sweep_while_it_runs_and_after(tmp_path):
-    spec = write_spec(tmp_path, SPEC.replace("    gradcam-layer3: {method.name: gradcam, method.layers: [layer3]}\n",
-                                             ""))
+    spec = write_spec(tmp_path, SPEC.replace(
+        "    gradcam-layer3: {method.name: gradcam, method.gradcam.layers: [layer3], role: method}\n", ""))
     out = tmp_path / "sweep"
     plan = E.plan_sweep(spec)
     broken(plan.runs[0], out / plan.runs[0].id)  # baseline first: it fails while pseudo_label waits

@@ -7,24 +7,18 @@ import json
 import pytest
 import torch
 
+import shutil
+
 from camssl.config import load_config
 from camssl.data import Split
 from camssl.errors import UserError
 from camssl.train import lr_factor, train
-
-TINY = [
-    "model.width=0.125",
-    "split.n_labeled=200",
-    "split.ratio=1",
-    "optim.batch_size=32",
-    "optim.epochs=3",
-    "cam_grid=false",
-    "threads=1",  # two threads on a busy 2-core machine are several times slower than one
-]
+from conftest import CLASSES, TINY, TINY_EPOCHS, records
 
 
 def tiny(method: str = "supervised", *extra: str):
-    return load_config("demo", TINY + [f"method.name={method}", *extra])
+    """3 epochs of 6 steps (200 labeled + 200 unlabeled images)."""
+    return load_config("demo", TINY_EPOCHS + [f"method.name={method}", *extra])
 
 
 class Stop(Exception):
@@ -47,43 +41,66 @@ def test_smoke_run_writes_a_self_describing_run_dir(tmp_path, method):
                                                  "dog", "frog", "horse", "ship", "truck"}
     assert saved["n_test"] == 500 and saved["n_labeled"] == 200
     assert saved["n_unlabeled"] == 200  # the split does not depend on the method
-    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert all("val_acc" in r and "loss_s" in r for r in records)
+    recs = records(run)
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert all("val_acc" in r and "loss_s" in r for r in recs)
     if method == "pseudo_label":
-        assert all(0 <= r["pl_acc"] <= 1 and r["mask_rate"] == 1.0 for r in records)
+        assert all(0 <= r["pl_acc"] <= 1 and r["mask_rate"] == 1.0 for r in recs)
     assert 1 <= saved["best_val_epoch"] <= 3
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 3
+    assert set(ckpt) == {"format", "model_spec", "classes", "preprocess", "config", "world", "model", "ema",
+                         "optimizer", "scaler", "rng_ranks", "streams", "method", "train_state"}
+    state = ckpt["train_state"]
+    assert state["epoch"] == 3 and state["step"] == 18 and [r["epoch"] for r in state["history"]] == [1, 2, 3]
+    assert state["best"] == {"val_acc": saved["best_val_acc"], "epoch": saved["best_val_epoch"]}
+    assert ckpt["world"] == 1 and len(ckpt["rng_ranks"]) == 1 and ckpt["classes"] == CLASSES
+
+    # best.pt alone (no config.yaml beside it) is enough to rebuild and use the model
+    from camssl.models.saved import load_model
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run / "best.pt", alone / "weights.pt")
+    model = load_model(alone / "weights.pt")
+    assert model.classes == CLASSES and model.spec == {"name": "resnet18", "num_classes": 10, "width": 0.125,
+                                                       "resize_to": None}
+    assert model.preprocess["image_size"] == [32, 32] and len(model.preprocess["mean"]) == 3
+    trained = torch.load(run / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, trained[k]) for k, v in model.model.state_dict().items())
+    assert not model.model.training
 
 
 def test_killed_run_resumes_from_its_checkpoint_and_matches(tmp_path):
+    """Stopped after epoch 1, and killed between writing last.pt and best.pt: the resumed run rewrites best.pt
+    (which must not keep an older epoch's weights) and ends exactly where an uninterrupted run ends."""
     cfg = tiny("pseudo_label", "deterministic=true")
     full = train(cfg, tmp_path / "full", log=lambda s: None)
 
-    def die_after_epoch_2(line: str) -> None:
-        if line.startswith("epoch   2/"):
+    def die_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch   1/"):
             raise Stop
 
     run = tmp_path / "killed"
     with pytest.raises(Stop):
-        train(cfg, run, log=die_after_epoch_2)
+        train(cfg, run, log=die_after_epoch_1)
     assert not (run / "result.json").exists()
+    (run / "best.pt").unlink()  # as if the kill fell right after last.pt was renamed into place
     split_before = Split.load(run / "split.json")
     lines: list[str] = []
     resumed = train(None, run, resume=True, log=lines.append)
-    assert any("resumed" in l and "after epoch 2" in l for l in lines)
+    assert any("resumed" in l and "after epoch 1" in l for l in lines)
+    assert any("rewrote" in l and "best.pt" in l for l in lines)
     assert not any(l.startswith("epoch   1/") for l in lines)
     assert torch.equal(Split.load(run / "split.json").labeled, split_before.labeled)
-    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    for key in ("test_acc", "val_acc", "best_val_acc", "test_acc_at_best_val"):
+    assert [r["epoch"] for r in records(run)] == [1, 2, 3]
+    for key in ("test_acc", "val_acc", "best_val_acc", "best_val_epoch", "test_acc_at_best_val"):
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
+    assert torch.load(run / "best.pt", weights_only=True)["epoch"] == resumed["best_val_epoch"]
 
 
 def test_existing_run_is_not_overwritten(tmp_path):
     run = tmp_path / "run"
-    cfg = tiny("supervised", "optim.epochs=1")
+    cfg = load_config("demo", [*TINY, "method.name=supervised"])
     train(cfg, run, log=lambda s: None)
     before = (run / "result.json").read_bytes()
     with pytest.raises(UserError, match="already holds a run"):
@@ -162,8 +179,8 @@ def test_weight_decay_can_spare_batchnorm_and_biases(tmp_path):
 def test_eval_every_validates_only_every_nth_epoch_and_after_the_last(tmp_path):
     lines: list[str] = []
     result = train(tiny("supervised", "optim.steps_per_epoch=2", "eval_every=2"), tmp_path / "run", log=lines.append)
-    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert ["val_acc" in r for r in records] == [False, True, True]  # epoch 2, and epoch 3 as the last
+    # validated at epoch 2, and at epoch 3 as the last
+    assert ["val_acc" in r for r in records(tmp_path / "run")] == [False, True, True]
     epochs = [l for l in lines if l.startswith("epoch ")]
     assert "val — (not validated yet: eval_every)" in epochs[0] and "best" not in epochs[0]
     assert "(best " in epochs[1] and result["best_val_epoch"] in (2, 3)

@@ -12,7 +12,7 @@ from camssl.config import method_config
 from camssl.errors import ConfigError
 from camssl.losses import _unit, frozen_bn_stats, kl_from_logits, vat_loss, vat_perturbation
 from camssl.methods import METHODS, Batch, StepContext
-from camssl.methods.vat import ramp
+from camssl.methods.parts import ramp
 from camssl.models import build_model
 
 
@@ -109,15 +109,16 @@ def test_vat_method_loss_terms_and_ramp():
     assert float(m["loss_vat"]) > 0 and float(m["vat_weight"]) == pytest.approx(0.3 * 2.5 / 5)
     expected = m["loss_s"] + m["vat_weight"] * m["loss_vat"]
     assert torch.allclose(out.loss.detach(), expected)
-    ent, _ = method_step(entmin_weight=0.06, rampup_epochs=0.0)
+    ent, _ = method_step(vat={"entmin_weight": 0.06, "ramp_epochs": 0.0})
     assert torch.allclose(ent.loss.detach(), ent.metrics["loss_s"] + 0.3 * ent.metrics["loss_vat"]
                           + 0.06 * ent.metrics["loss_ent"])
     assert ramp(0, 4) == 0.0 and ramp(1, 4) == 0.25 and ramp(9, 4) == 1.0 and ramp(0, 0) == 1.0
+    assert ramp(3.9, 4, "step") == 0.0 and ramp(4, 4, "step") == 1.0 and ramp(0, 0, "step") == 1.0
 
 
 def test_bad_vat_settings_are_refused_on_one_line():
-    for fields, key in [({"vat_xi": 0.0}, "method.vat_xi"), ({"vat_power_iters": 0}, "method.vat_power_iters"),
-                        ({"vat_eps": -1.0}, "method.vat_eps")]:
+    for fields, key in [({"xi": 0.0}, "method.vat.xi"), ({"power_iters": 0}, "method.vat.power_iters"),
+                        ({"eps": -1.0}, "method.vat.eps")]:
         with pytest.raises(ConfigError, match=key) as e:
-            method_config("vat", **fields).validate()
+            method_config("vat", vat=fields).validate()
         assert "\n" not in str(e.value)

@@ -21,7 +21,7 @@ import os
 import pkgutil
 
 from camssl.errors import ConfigError
-from camssl.methods.base import Batch, Method, RunInfo, StepContext, StepOutput, register
+from camssl.methods.base import Batch, Method, MethodConfig, RunInfo, StepContext, StepOutput, register
 from camssl.methods.base import METHODS
 
 
@@ -38,6 +38,11 @@ def import_plugins(env: str | None = None) -> list[str]:
         try:
             importlib.import_module(module)
         except ImportError as e:
+            if "partially initialized module 'camssl." in str(e):
+                # the plugin imports a camssl module that is itself importing camssl.methods (camssl.config)
+                raise ConfigError(f"CAMSSL_METHODS module {module!r} imports from a camssl module that imports the "
+                                  f"plugins ({e}); import the method API from camssl.methods instead (from "
+                                  "camssl.methods import Method, MethodConfig, StepOutput, register)") from None
             raise ConfigError(f"CAMSSL_METHODS names module {module!r}, which cannot be imported ({e}); "
                               "fix the name or PYTHONPATH, or unset CAMSSL_METHODS") from None
     return modules
@@ -46,4 +51,5 @@ def import_plugins(env: str | None = None) -> list[str]:
 _import_builtin()
 import_plugins()
 
-__all__ = ["METHODS", "Batch", "Method", "RunInfo", "StepContext", "StepOutput", "import_plugins", "register"]
+__all__ = ["METHODS", "Batch", "Method", "MethodConfig", "RunInfo", "StepContext", "StepOutput", "import_plugins",
+           "register"]

@@ -45,14 +45,18 @@ class SavedModel:
     state: dict[str, Any] = field(default_factory=dict, repr=False)  # the rest of the checkpoint
 
 
-def read_checkpoint(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` with a one-line error for an unreadable file."""
+RESUME_FIX = "delete it to restart the run from epoch 1, or start a new run with --out"
+MODEL_FIX = "give the best.pt or last.pt of a camssl training run (or its run directory)"
+
+
+def read_checkpoint(path: Path, fix: str = RESUME_FIX) -> Any:
+    """``torch.load(path, weights_only=True)`` with a one-line error for an unreadable file, ending in ``fix``."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt file is a user-facing problem
         raise UserError(
             f"cannot read checkpoint '{path}': {e.__class__.__name__}; it may be corrupt or not a camssl "
-            "checkpoint; delete it to restart the run from epoch 1, or start a new run with --out"
+            f"checkpoint; {fix}"
         ) from None
 
 
@@ -101,7 +105,7 @@ def load_model(path: str | Path, checkpoint: str = "best", weights: str = "eval"
     from camssl.models import build_model
 
     run_dir, file = checkpoint_file(path, checkpoint)
-    state = read_checkpoint(file)
+    state = read_checkpoint(file, MODEL_FIX)  # not a resume: deleting the file restarts nothing
     if not isinstance(state, dict) or "model" not in state or "classes" not in state:
         raise UserError(f"'{file}' is not a camssl checkpoint (best.pt or last.pt of a training run)")
     classes = [str(c) for c in state["classes"]]
