@@ -548,12 +548,8 @@ def step_amp(ctx: Ctx, budget: float) -> StepResult:
     # (label, overrides) per precision, or (label, None, why not) when it cannot be run
     variants: list[tuple[str, list[str] | None, str]] = []
     if not ctx.cuda:
-        variants.append(("amp=true on CPU (no autocast: fp32)", ["amp=true"], ""))
-        if selectable:
-            variants.append(("amp=true amp_dtype=fp16 on CPU (no autocast: fp32)", ["amp=true", "amp_dtype=fp16"],
-                             ""))
-        else:
-            variants.append(("fp16 + GradScaler", None, "fp16 not selectable: `camssl config` has no amp_dtype field"))
+        variants.append(("amp=true on CPU (bf16 autocast where the CPU has native bf16, else fp32)", ["amp=true"], ""))
+        variants.append(("amp=false on CPU (fp32)", ["amp=false"], ""))
     else:
         for dtype in ("bf16", "fp16"):
             label = "bf16 autocast" if dtype == "bf16" else "fp16 autocast + GradScaler"

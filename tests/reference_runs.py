@@ -46,7 +46,7 @@ SINCE = {
     "gradcam_detach": ["method.gradcam.skip_blank_targets=false", "method.gradcam.distance=mse"],
 }
 # per-epoch timing is not a result
-VOLATILE = {"epoch_time_s", "images_per_s"}
+VOLATILE = {"epoch_time_s", "images_per_s", "wall_s"}
 RESULT_KEYS = ("test_acc", "test_acc_at_best_val", "best_val_acc", "best_val_epoch", "test_loss", "per_class_test_acc", "steps")
 
 

@@ -28,7 +28,7 @@ from camssl.train import Trainer
 
 import_plugins("camssl_test_methods")  # a user's module named in CAMSSL_METHODS (tests/camssl_test_methods.py)
 PLUGINS = ("index_log", "seen_table")
-VOLATILE = {"epoch_time_s", "images_per_s"}
+VOLATILE = {"epoch_time_s", "images_per_s", "wall_s"}
 
 
 @pytest.fixture(scope="module")

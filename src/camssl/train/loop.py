@@ -163,8 +163,6 @@ class Trainer:
         """What the training step computes in, for the run header."""
         return describe(self.stepper.amp_dtype, self.device, self.cfg.amp)
 
-    # ------------------------------------------------------------ the state of a run, in one place
-
     def describe(self) -> dict[str, Any]:
         """What a checkpoint says about its model: the build arguments, the classes and the preprocessing."""
         a = self.cfg.augment
