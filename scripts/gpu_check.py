@@ -11,7 +11,7 @@ still run:
 1. ``cam``      Grad-CAM (``camssl.cam.grad_cam`` on a camssl ResNet-18) against captum's
                 ``LayerGradCam`` at every stage, in eval and train mode, in float32 and
                 under bf16 (and, on CUDA, fp16) autocast, with stated tolerances.
-2. ``amp``      one epoch of every registered method (gradcam @ layer3 in both ``grad_mode``\s,
+2. ``amp``      one epoch of every registered method (gradcam @ layer3 in both gradient modes,
                 cam_kd with the supervised run as its teacher, and fixmatch on airnet, the fast
                 regime's network) with AMP bf16, and with fp16 + GradScaler where the config
                 lets fp16 be chosen (an ``amp_dtype`` field).
