@@ -315,7 +315,7 @@ class Trainer:
             self.writer = report.tensorboard(self.run_dir, s.step if self.resume else None)
         self.log(report.model_line(cfg, self.net, self.device, self.dist, self.steps_per_epoch))
         if self.dist.main and s.epoch < cfg.optim.epochs:
-            self.log(report.machine_line(self.net, cfg.model.name, cfg.model.width, cfg.optim.batch_size,
+            self.log(report.machine_line(self.net, cfg.model.name, cfg.model.widths or cfg.model.width, cfg.optim.batch_size,
                                          tuple(self.images.shape[2:]), self.device, self.precision()))
         if s.epoch == 0:
             self._cam_grid("epoch 0")

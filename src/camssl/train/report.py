@@ -51,7 +51,7 @@ def progress_bar(show: bool, steps: int, epoch: int, epochs: int) -> Any:
     return tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
 
 
-def machine_line(net: nn.Module, model_name: str, width: float, batch: int, image_size: tuple[int, int],
+def machine_line(net: nn.Module, model_name: str, width: Any, batch: int, image_size: tuple[int, int],
                  device: torch.device, precision: str) -> str:
     """The machine's speed for a plain training step of the run's model, so run times can be scaled."""
     from camssl.machine import REFERENCE_YARDSTICK_MS, YARDSTICK, cpu_name, plain_step_seconds, yardstick_ms
