@@ -60,11 +60,36 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def command(name: str, out: Path, extra: list[str] | None = None) -> list[str]:
+    return [sys.executable, "-m", "camssl", "train", "--config", "demo", *RUNS[name], *COMMON, *(extra or []),
+            "--out", str(out)]
+
+
 def run(name: str, out: Path, extra: list[str] | None = None) -> dict:
     """Train reference run ``name`` into ``out`` with the CLI; its metrics and result."""
-    cmd = [sys.executable, "-m", "camssl", "train", "--config", "demo", *RUNS[name], *COMMON, *(extra or []),
-           "--out", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    subprocess.run(command(name, out, extra), check=True, capture_output=True, text=True)
+    return read(out)
+
+
+def run_all(root: Path, extra: dict[str, list[str]], at_once: int = 2) -> dict[str, dict]:
+    """Every reference run, ``at_once`` processes at a time (each on one thread, so the results do not change)."""
+    pending, active, out = list(RUNS), [], {}
+    while pending or active:
+        while pending and len(active) < at_once:
+            name = pending.pop(0)
+            proc = subprocess.Popen(command(name, root / name, extra.get(name)), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+            active.append((name, proc))
+        name, proc = active.pop(0)
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"reference run {name} failed: {err[-2000:]}")
+        out[name] = read(root / name)
+    return out
+
+
+def read(out: Path) -> dict:
+    """The metrics (without timings) and the compared results of a finished reference run."""
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     metrics = [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
     result = json.loads((out / "result.json").read_text())

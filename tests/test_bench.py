@@ -34,6 +34,7 @@ def test_bench_writes_report(tmp_path, capsys):
                     "### torch.compile", "## End to end", "## GPU"):
         assert section in text, section
     assert "camssl bench --quick" in text  # the command that produced it
+    assert "### Precision: fp32 vs bf16 autocast per method" in text and "| fixmatch |" in text
     steps = ["supervised", "pseudo_label", "gradcam @ layer3 full", "gradcam @ layer3 detach-weights", "views only"]
     if bench.captum_status() is None:  # captum is a test extra; without it the reference is skipped
         steps.append("reference (captum) @ layer3")

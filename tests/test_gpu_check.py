@@ -190,8 +190,8 @@ def test_amp_step_rows(tiny) -> None:
     for r in ran:
         assert r["status"] == "PASS", r
         assert number(r["last loss"]) > 0 and number(r["images / s"]) > 0
-    # on the CPU: amp=true (bf16 where native) and amp=false (fp32), every method in both
-    assert not [r for r in rows if r["status"] == "SKIP"] and [r["method"] for r in ran] == methods * 2
+    # on the CPU the tiny run trains every method once, with amp=true (bf16 where native, else fp32)
+    assert not [r for r in rows if r["status"] == "SKIP"] and [r["method"] for r in ran] == methods
     commands = section(md, 2).split("Commands:", 1)[1]
     for method in ("supervised", "pseudo_label"):
         line = next(ln for ln in commands.splitlines() if f"--method {method} " in ln)

@@ -46,11 +46,18 @@ def test_the_run_header_says_which_precision(monkeypatch, tmp_path):
     cfg = load_config("demo", {"model.width": 0.125, "optim.epochs": 1, "optim.steps_per_epoch": 1,
                                "split.n_labeled": 100, "cam_grid": False, "device": "cpu"})
     data = load_data(cfg.data)
+    from camssl.machine import yardstick_ms
+
+    monkeypatch.setenv("CAMSSL_YARDSTICK", "1")  # the yardstick too (measured once per process)
+    yardstick_ms.cache_clear()
     for native, text in ((True, "trains in bf16 autocast"), (False, "trains in fp32")):
         monkeypatch.setattr(precision, "native_bf16_cpu", lambda native=native: native)
         lines: list[str] = []
-        Trainer(cfg, tmp_path / str(native), data=data, log=lines.append).fit()
-        assert any(line.startswith("machine:") and text in line for line in lines), lines
+        result = Trainer(cfg, tmp_path / str(native), data=data, log=lines.append).fit()
+        line = next(line for line in lines if line.startswith("machine:"))
+        assert text in line and "yardstick ResNet-18 width 0.5 (batch 64, fp32)" in line, line
+        assert result["yardstick_ms"] > 0
+    yardstick_ms.cache_clear()
 
 
 def test_batchnorm_statistics_stay_float32_under_bf16_autocast():

@@ -17,7 +17,7 @@ import json
 import pytest
 import torch
 
-from reference_runs import REFERENCES, RUNS, SINCE, cpu_name, run
+from reference_runs import REFERENCES, RUNS, SINCE, cpu_name, run_all
 
 REF = next((r for r in map(lambda p: json.loads(p.read_text()), REFERENCES)
             if r["cpu"] == cpu_name() and r["torch"] == torch.__version__), None)
@@ -35,12 +35,18 @@ def _flat(prefix: str, value, out: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", list(RUNS))
-def test_metrics_match_the_pre_refactor_reference(name, tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The four runs, two at a time (one thread each: deterministic whatever runs beside them)."""
     if REF is None:
         pytest.skip(f"no reference recorded on {cpu_name()} with torch {torch.__version__}; record one as "
                     "tests/reference_runs.py says")
-    got = run(name, tmp_path / name, SINCE.get(name))
+    return run_all(tmp_path_factory.mktemp("reference"), SINCE)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_metrics_match_the_pre_refactor_reference(name, runs):
+    got = runs[name]
     ref = REF["runs"][name]
     expected = _flat("", ref, {})
     actual = _flat("", {"metrics": [{k: r[k] for k in e if k in r} for r, e in zip(got["metrics"], ref["metrics"])],

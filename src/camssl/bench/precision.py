@@ -37,6 +37,8 @@ def experiment_precision(o: BenchOptions, device: torch.device, batch: Any) -> E
 
     title = "Precision: fp32 vs bf16 autocast per method (the fast preset's model)"
     args, channels_last = fast_model()
+    if o.quick and args.get("widths"):  # the smoke run: the same network at an eighth of its widths
+        args["widths"] = [max(4, w // 8) for w in args["widths"]]
     o.log(f"experiment: precision (fp32 vs bf16) on {args['name']}")
     types = method_steps(o, CORE) + (method_steps(o) if o.methods else [])
     steps, skipped = {}, []
