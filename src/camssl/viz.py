@@ -237,11 +237,16 @@ def cam_grid_figure(a: AlignedCams, augmenter: Augmenter, class_names: list[str]
     return fig
 
 
-def save_figure(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Write a matplotlib figure as PNG atomically, then close it."""
+def figure_png(fig) -> bytes:  # type: ignore[no-untyped-def]
+    """A matplotlib figure as PNG bytes (110 dpi); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    io.write_bytes(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Write a matplotlib figure as PNG atomically, then close it."""
+    io.write_bytes(Path(path), figure_png(fig))

@@ -16,13 +16,13 @@ distillation, LGA, VAT...) gets its paired intervals too:
 
 from __future__ import annotations
 
-import io as _stdio
 from collections.abc import Sequence
 
 from camssl.errors import UserError
 from camssl.experiments.results import _METRICS, DIAGNOSTIC_KEYS, SweepResults
 from camssl.experiments.spec import format_ratio
 from camssl.experiments.stats import PairedDiff, Stat, paired_diff
+from camssl.viz import figure_png
 
 Comparison = tuple[str, str]
 
@@ -204,10 +204,7 @@ def curves_png(sr: SweepResults, keys: Sequence[str]) -> bytes | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = _stdio.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 __all__ = ["Comparison", "curves", "curves_png", "default_comparisons", "md_comparisons", "md_curves",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io as _stdio
 
 from camssl.experiments.results import _METRICS, SweepResults, header_label, settings_by_role
 from camssl.experiments.spec import format_ratio
 from camssl.experiments.stats import Stat
+from camssl.viz import figure_png
 
 
 def figure3(sr: SweepResults, select: str = "final") -> bytes:
@@ -44,7 +44,4 @@ def figure3(sr: SweepResults, select: str = "final") -> bytes:
     axes[0].legend(fontsize=8)
     rule = "final epoch" if select == "final" else "best validation epoch"
     fig.suptitle(f"Figure 3: accuracy vs ratio (mean ± std over {len(sr.plan['seeds'])} seeds; {rule})", fontsize=11)
-    buf = _stdio.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)

@@ -9,12 +9,12 @@ and a figure (validation accuracy against scaled minutes), from the archived run
 
 from __future__ import annotations
 
-import io as _stdio
 from typing import Any
 
 from camssl.experiments.compare import _cells, _label
 from camssl.experiments.results import SweepResults
 from camssl.machine import REFERENCE_YARDSTICK_MS
+from camssl.viz import figure_png
 
 
 def _scale(result: dict[str, Any]) -> float | None:
@@ -81,7 +81,4 @@ def time_curves_png(sr: SweepResults) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = _stdio.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
