@@ -27,7 +27,7 @@ from conftest import Background, finish, launch, records, wait_for_file
 ARGS = ["--width", "0.125", "--labeled", "320", "--ratio", "1", "--epochs", "3", "--method", "pseudo_label",
         "optim.batch_size=32", "optim.ema_decay=0.9", "split.val_fraction=0.04", "deterministic=true", "threads=1",
         "cam_grid=false"]
-COMPARED = ("test_acc", "val_acc", "best_val_acc", "best_val_epoch", "test_acc_at_best_val", "test_loss",
+COMPARED = ("test_acc", "test_acc_online", "val_acc", "best_val_acc", "best_val_epoch", "test_acc_at_best_val", "test_loss",
             "epochs", "steps", "n_labeled", "n_unlabeled")
 
 

@@ -368,4 +368,5 @@ class Trainer:
             best_model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=True)["model"])
             best_test = self.test(best_model)
         facts = report.run_facts(self.cfg, self.split, self.bundle, self.device, self.precision(), self.dist.world)
-        return report.result_record(self.state, test, best_test, self.classes, facts)
+        online = self.test(self.net)["acc"] if self.ema else None  # the trained weights beside their EMA
+        return report.result_record(self.state, test, best_test, self.classes, facts, online)

@@ -85,11 +85,16 @@ def epoch_line(r: dict[str, Any], state: TrainState, epochs: int, log_metrics: t
 
 
 def result_record(state: TrainState, test: dict[str, Any], best_test: dict[str, Any], classes: list[str],
-                  run: dict[str, Any]) -> dict[str, Any]:
-    """result.json: the test accuracies, the best validation, time, and ``run`` (what was trained on what)."""
+                  run: dict[str, Any], online_test_acc: float | None = None) -> dict[str, Any]:
+    """result.json: the test accuracies, the best validation, time, and ``run`` (what was trained on what).
+
+    With an EMA the evaluated weights are the EMA's; ``online_test_acc`` is then the final
+    epoch's trained (online) weights on the test set, kept as ``test_acc_online``.
+    """
     final_val = next((r["val_acc"] for r in reversed(state.history) if "val_acc" in r), None)
     return {
         "test_acc": test["acc"],
+        **({"test_acc_online": online_test_acc} if online_test_acc is not None else {}),
         "val_acc": final_val,
         "best_val_acc": state.best["val_acc"],
         "best_val_epoch": state.best["epoch"],
