@@ -123,3 +123,23 @@ def test_gradcam_sweeps_keep_their_tables_and_get_no_default_pairs(tmp_path):
     md = (out / "results.md").read_text()
     # r0.5: 70-69, 72-70, 74-72 → +1.67, the number the Grad-CAM paired-differences table also shows
     assert "+1.67 **[" in row_of(md, "## Paired comparisons — validation accuracy", "| 0.5 | `gradcam-layer3`")
+
+
+def test_the_trained_weights_are_compared_beside_their_ema_where_runs_recorded_them(tmp_path):
+    out = method_sweep(tmp_path)
+    E.write_tables(out)
+    assert "trained weights" not in (out / "results.md").read_text()  # no run recorded test_acc_online
+    online_drop = {"cam_loss": 5.0, "supervised": 3.0}
+    for result in out.rglob("result.json"):
+        rec = json.loads(result.read_text())
+        setting, seed = result.parent.parent.name, int(result.parent.name[1:])
+        if setting in online_drop and not (setting == "supervised" and seed == 2):  # supervised s2 lacks it
+            rec["test_acc_online"] = (FINAL[setting][seed] - online_drop[setting]) / 100
+            io.write_json(result, rec)
+    E.write_tables(out)
+    md = (out / "results.md").read_text()
+    # seeds 0 and 1 only: (71 - 5) - (70 - 3) = -1, (73 - 5) - (71 - 3) = 0
+    line = row_of(md, "## Paired comparisons — test accuracy of the trained weights", "`cam_loss` − `supervised`")
+    assert "67.00 ± 1.41 (n=2)" in line and "67.50 ± 0.71 (n=2)" in line and "-0.50 [" in line
+    E.write_tables(out, select="best-val")  # the online weights are the final epoch's: no such section
+    assert "trained weights" not in (out / "results.md").read_text()

@@ -115,6 +115,13 @@ def md_comparisons(sr: SweepResults, select: str, comps: list[Comparison], epoch
         lines += [f"## Paired comparisons — {m.title}, %", "", _NOTE, "", *_HEAD]
         lines += _pair_rows(sr, comps, lambda s, r, m=m: sr.per_seed(s, r, m.key, select))
         lines.append("")
+    if select == "final" and any("test_acc_online" in r for r in sr.results.values()):
+        lines += ["## Paired comparisons — test accuracy of the trained weights (not their EMA), %", "",
+                  "Where a run keeps an EMA, the tables above evaluate the EMA weights; this one evaluates the final "
+                  "epoch's trained (online) weights (`test_acc_online` in result.json; runs without it are left out).",
+                  "", *_HEAD]
+        lines += _pair_rows(sr, comps, lambda s, r: sr.per_seed_result(s, r, "test_acc_online"))
+        lines.append("")
     for e in epochs:
         lines += [f"## Paired comparisons — validation accuracy after epoch {e}, %", "",
                   "From each run's metrics.jsonl (the weights after that epoch; convergence).", "", *_HEAD]

@@ -101,6 +101,11 @@ class SweepResults:
                 out[int(r["seed"])] = v
         return out
 
+    def per_seed_result(self, setting: str, ratio: float | None, key: str) -> dict[int, float]:
+        """seed -> 100 × ``key`` of result.json, for the cell's finished runs that recorded it."""
+        found = ((r["seed"], self.results[r["id"]].get(key)) for r in self.cell_runs(setting, ratio))
+        return {int(seed): 100 * float(v) for seed, v in found if isinstance(v, (int, float))}
+
     def per_seed_epoch(self, setting: str, ratio: float | None, key: str, epoch: int) -> dict[int, float]:
         """seed -> the value of ``key`` in the metrics.jsonl record of ``epoch`` (finished runs only)."""
         out = {}

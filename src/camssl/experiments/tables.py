@@ -239,8 +239,8 @@ def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: st
         )
         lines.append(f"- command: `{last.get('command')}`")
     lines += [
-        f"- baseline: `{baseline or 'none'}` (supervised only, once per seed, paired with every ratio); "
-        f"ablation: `{ablation or 'none'}` (L_S + L_P, i.e. γ = 0)",
+        f"- baseline: `{baseline or 'none'}` (supervised only, once per seed, paired with every ratio)"
+        + (f"; ablation: `{ablation}` (L_S + L_P, i.e. γ = 0)" if ablation else ""),
         "",
         f"**Model selection:** {_RULES[select]}",
         "",
