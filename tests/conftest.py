@@ -15,12 +15,15 @@ this folder are not tests: ``camssl_test_methods.py`` is a method plugin loaded 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +46,11 @@ def _subprocess_pythonpath() -> str:
 os.environ["PYTHONPATH"] = _subprocess_pythonpath()
 # the run header's yardstick (a ResNet-18 step, ~2 s per process) is measured only where a test asks for it
 os.environ.setdefault("CAMSSL_YARDSTICK", "0")
+# decode-once caches (the embedded mini set's, every data folder's fallback) go to a directory of this session,
+# empty at its start as on a fresh machine, never into the user's ~/.cache
+_CACHE = tempfile.mkdtemp(prefix="camssl-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["CAMSSL_CACHE"] = _CACHE
 
 # a subprocess that should also know the test methods of tests/camssl_test_methods.py
 PLUGIN_ENV = {"CAMSSL_METHODS": "camssl_test_methods", "PYTHONPATH": os.environ["PYTHONPATH"]}

@@ -31,7 +31,8 @@ def test_archive_keeps_small_files_rebuilds_tables_and_skips_archived_runs(tmp_p
     spec = write_spec(tmp_path, SPEC)
     archive = tmp_path / "docs" / "runs" / "tiny"
     only = ["--only", "baseline/*", "--only", "*/s0"]
-    assert main(["sweep", str(spec), "--out", str(tmp_path / "sweep"), "--archive", str(archive), *only]) == 0
+    sweep = ["sweep", str(spec), "--out", str(tmp_path / "sweep"), "--archive", str(archive), "--jobs", "2"]
+    assert main([*sweep, *only]) == 0  # two runs at a time, one thread each
     runs = sorted(p.parent.relative_to(archive).as_posix() for p in archive.rglob("result.json"))
     assert runs == ["baseline/supervised/s0", "baseline/supervised/s1", "r1.0/pseudo_label/s0"]
     for run in runs:

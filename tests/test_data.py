@@ -336,6 +336,29 @@ def test_mini_set() -> None:
     assert bundle.train.images.float().std() > 30  # real pictures, not blanks
 
 
+def test_mini_set_is_decoded_once_then_read_from_the_cache_dir(isolated_cache_dir, tmp_path, monkeypatch) -> None:
+    first = load_data(DataConfig(source="mini"))
+    cached = cache_files(isolated_cache_dir)
+    assert len(cached) == 1  # in the cache directory, never inside the installed package
+    assert not cache_files(Path(images_module.__file__).parent.parent / "assets")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although a cache exists")
+
+    monkeypatch.setattr(images_module, "decode_image", no_decoding)
+    again = load_data(DataConfig(source="mini"))
+    assert torch.equal(again.train.images, first.train.images) and torch.equal(again.test.labels, first.test.labels)
+    assert again.train.classes == first.train.classes
+    cached[0].write_bytes(b"truncated")  # an unreadable cache is rebuilt, not trusted
+    monkeypatch.undo()
+    monkeypatch.setenv("CAMSSL_CACHE", str(isolated_cache_dir))
+    rebuilt = load_data(DataConfig(source="mini"))
+    assert torch.equal(rebuilt.train.images, first.train.images) and cached[0].stat().st_size > 1000
+    elsewhere = tmp_path / "configured"  # data.cache_dir wins over $CAMSSL_CACHE
+    assert torch.equal(load_data(DataConfig(source="mini", cache_dir=str(elsewhere))).train.images, first.train.images)
+    assert len(cache_files(elsewhere)) == 1
+
+
 # ---------------------------------------------------------------- config and download
 
 

@@ -44,7 +44,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-import kornia.enhance
 import torch
 from torch import Tensor
 
@@ -245,6 +244,8 @@ class Augmenter:
             images = _blend(images, _gray(images), _factor(u[:, 2], cfg.saturation))
         if cfg.hue > 0:
             shift = (2.0 * u[:, 3] - 1.0) * cfg.hue * (2.0 * math.pi)
+            import kornia.enhance  # here, not at the top: its import costs ~0.3 s at every start
+
             images = kornia.enhance.adjust_hue(images, shift).clamp(0.0, 1.0)
         return images
 

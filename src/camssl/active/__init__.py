@@ -19,12 +19,39 @@ REVIVAL (Guo et al., ICCV 2021) is implemented as camssl formulates it (docs/met
 no public code exists and only slides are available, so every formula here is camssl's.
 """
 
-from camssl.active.config import ActiveConfig, RevivalConfig, load_active_config
-from camssl.active.loop import run_active
-from camssl.active.pool import features_and_logits, pool_context, virtual_label_accuracy
-from camssl.active.propagation import Propagation, knn_graph, label_propagation, normalized_adjacency, propagate
-from camssl.active.state import ActiveState
-from camssl.active.strategies import STRATEGIES, PoolContext, Selection, k_center_greedy, register, select
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The names below are imported when first used (PEP 562), so that the command line, which imports
+# camssl.active.cli for its parser, does not pay for scipy and the strategies at every start.
+_WHERE = {
+    "ActiveConfig": "config", "RevivalConfig": "config", "load_active_config": "config",
+    "run_active": "loop",
+    "features_and_logits": "pool", "pool_context": "pool", "virtual_label_accuracy": "pool",
+    "Propagation": "propagation", "knn_graph": "propagation", "label_propagation": "propagation",
+    "normalized_adjacency": "propagation", "propagate": "propagation",
+    "ActiveState": "state",
+    "STRATEGIES": "strategies", "PoolContext": "strategies", "Selection": "strategies",
+    "k_center_greedy": "strategies", "register": "strategies", "select": "strategies",
+}
+
+if TYPE_CHECKING:
+    from camssl.active.config import ActiveConfig, RevivalConfig, load_active_config
+    from camssl.active.loop import run_active
+    from camssl.active.pool import features_and_logits, pool_context, virtual_label_accuracy
+    from camssl.active.propagation import Propagation, knn_graph, label_propagation, normalized_adjacency, propagate
+    from camssl.active.state import ActiveState
+    from camssl.active.strategies import STRATEGIES, PoolContext, Selection, k_center_greedy, register, select
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'camssl.active' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"camssl.active.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "STRATEGIES",

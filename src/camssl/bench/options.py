@@ -108,7 +108,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the weights, the batch and the views [0]")
     p.add_argument("--out", default=None, help=f"markdown file to write [{DEFAULT_OUT}]")
     p.add_argument("--quick", action="store_true",
-                   help="tiny smoke run: width 0.125, batch 4, 2 reps, 1 warm-up, layer3 only, no torch.compile "
+                   help="tiny smoke run: width 0.125, batch 4, 2 reps, 1 warm-up, 1 profiled step, layer3 only, no torch.compile "
                         "(explicit options still win)")
 
 
@@ -118,6 +118,7 @@ def options_from_args(args: argparse.Namespace, command: str | None = None) -> B
     o = BenchOptions(quick=quick)
     if quick:
         o.widths, o.batch, o.reps, o.warmup, o.layers, o.exp_reps, o.compile = [0.125], 4, 2, 1, ["layer3"], 2, False
+        o.profile_reps = 1  # the torch profiler's event parsing is most of a smoke run's time
 
     def given(name: str) -> Any:
         return getattr(args, name, None)

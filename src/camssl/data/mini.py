@@ -8,29 +8,47 @@ and 50 test images per class from the CIFAR-10 JPEG set, in a compressed ``.npz`
 * ``labels``: ``int64`` class ids; ``is_test``: ``bool``, True for test images;
 * ``classes``: the class names (a unicode array, so no pickle is needed to read it).
 
-It is decoded with PIL on every load (about a second), so it has no cache.
+Decoding it with PIL takes about a second, so the decoded tensors are kept through the
+decode-once cache (:mod:`camssl.data.cache`) in the cache directory (``data.cache_dir``, else
+``$CAMSSL_CACHE``, else ``~/.cache/camssl``; never inside the installed package), keyed by the
+asset file's path, size and modification time and the image size.
 """
 
 from __future__ import annotations
 
 import io
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import camssl.data.images as images
+from camssl.data.cache import CacheSpot, cache_key, default_cache_dir
 from camssl.data.images import ImageSet, RawSource
 from camssl.errors import DataError
 
 ASSET_NAME = "mini_cifar10.npz"
 
 
-def load_mini(image_size: int) -> RawSource:
-    """Decode the embedded set at ``image_size``; its own test part comes along."""
+def load_mini(image_size: int, cache_dir: str | None = None) -> RawSource:
+    """The embedded set at ``image_size`` (its own test part comes along), decoded once and then cached."""
     asset = resources.files("camssl") / "assets" / ASSET_NAME
+    with resources.as_file(asset) as path:
+        try:
+            stat = path.stat()
+        except OSError:
+            return _decode(path, image_size)  # the error names the problem
+        folder = default_cache_dir(cache_dir)
+        spot = CacheSpot(path.resolve(), folder, "mini-cifar10", image_size, folder)
+        key = cache_key([str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), f"size={image_size}"])
+        return spot.load_or_build(key, lambda: _decode(path, image_size))
+
+
+def _decode(path: Path, image_size: int) -> RawSource:
+    """Decode every image of the asset at ``path`` with PIL."""
     try:
-        with resources.as_file(asset) as path, np.load(path, allow_pickle=False) as npz:
+        with np.load(path, allow_pickle=False) as npz:
             jpeg, offsets = npz["jpeg"], npz["offsets"]
             labels, is_test, classes = npz["labels"], npz["is_test"], [str(c) for c in npz["classes"]]
     except (OSError, KeyError, ValueError) as exc:

@@ -136,7 +136,7 @@ def _subset(data: ImageSet, mask: np.ndarray) -> ImageSet:
 def _load_source(spec: str, cfg: DataConfig, for_test: bool) -> tuple[RawSource, str]:
     """Load one source (the main or the test one); returns it with its display name."""
     if spec == MINI:
-        return load_mini(cfg.image_size), "mini-cifar10"
+        return load_mini(cfg.image_size, cfg.cache_dir), "mini-cifar10"
     path = Path(os.path.expanduser(spec))
     if not path.exists():
         what, fix = ("test data path", "set data.test_source to") if for_test else ("data path", "pass --data with")
