@@ -53,24 +53,4 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-__all__ = [
-    "STRATEGIES",
-    "ActiveConfig",
-    "ActiveState",
-    "PoolContext",
-    "Propagation",
-    "RevivalConfig",
-    "Selection",
-    "features_and_logits",
-    "k_center_greedy",
-    "knn_graph",
-    "label_propagation",
-    "load_active_config",
-    "normalized_adjacency",
-    "pool_context",
-    "propagate",
-    "register",
-    "run_active",
-    "select",
-    "virtual_label_accuracy",
-]
+__all__ = sorted(_WHERE)  # the public names are exactly those resolved lazily above

@@ -39,9 +39,9 @@ def load_mini(image_size: int, cache_dir: str | None = None) -> RawSource:
             stat = path.stat()
         except OSError:
             return _decode(path, image_size)  # the error names the problem
-        folder = default_cache_dir(cache_dir)
-        spot = CacheSpot(path.resolve(), folder, "mini-cifar10", image_size, folder)
-        key = cache_key([str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), f"size={image_size}"])
+        source, folder = path.resolve(), default_cache_dir(cache_dir)
+        spot = CacheSpot(source, folder, "mini-cifar10", image_size, folder)
+        key = cache_key([str(source), str(stat.st_size), str(stat.st_mtime_ns), f"size={image_size}"])
         return spot.load_or_build(key, lambda: _decode(path, image_size))
 
 
