@@ -99,6 +99,7 @@ def test_labeled_or_unlabeled_asking_for_more_than_exists(tmp_path, capsys):
         ("optim.epochs=1.5", ("optim.epochs", "integer")),
         ("sync_bn=maybe", ("sync_bn", "true or false")),
         ("optim.schedule=linear", ("cosine, onecycle, constant",)),
+        ("val_tta=3", ("val_tta=3", "[0, 2]")),
         ("method.gradcam.grad_mode=half", ("method.gradcam.grad_mode='half'", "full, detach-weights")),
         ("method.gamma=2", ("config key method.gamma was renamed: write method.gradcam.weight instead",)),
     ],

@@ -117,6 +117,21 @@ def test_test_time_augmentation_levels():
         assert torch.allclose(tta_logits(model, x, 2), six, atol=1e-6)
 
 
+def test_validation_can_skip_the_test_time_augmentation_that_the_test_uses(tmp_path, mini, monkeypatch):
+    import camssl.train.loop as loop
+
+    seen = []
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a, tta, **k: seen.append(tta) or real(*a, tta=tta, **k))
+    t = _trainer(tmp_path, mini, eval_tta=2, val_tta=0)
+    t.validate(), t.test(t.net)
+    assert seen == [0, 2]
+    seen.clear()
+    t = _trainer(tmp_path, mini, eval_tta=1)  # val_tta unset: validation follows eval_tta
+    t.validate(), t.test(t.net)
+    assert seen == [1, 1]
+
+
 def test_airnet_whitening_is_set_from_training_images_and_its_bias_freezes(tmp_path, mini):
     t = _trainer(tmp_path, mini, **{"model.name": "airnet", "model.pool": "avg", "model.whiten_bias_epochs": 1,
                                     "optim.epochs": 2})

@@ -108,6 +108,7 @@ class TrainConfig:
     eval_batch_size: int = 250
     eval_every: int = 1  # validate every N epochs (and always after the last)
     eval_tta: int = 0  # test-time augmentation of validation and test: 0 none, 1 mirror, 2 mirror + 1-px translate (airbench)
+    val_tta: int | None = None  # test-time augmentation of validation alone (model selection); None: eval_tta
     out_dir: str = "runs"  # parent of run directories when --out is not given
     cam_grid: bool = True  # write a CAM grid at the start and end of a run
     map_layer: str | None = None  # layer of the map diagnostics and CAM grids (None: the method's first map layer, else layer3)
@@ -144,6 +145,8 @@ class TrainConfig:
         fraction("optim.label_smoothing", o.label_smoothing)
         positive("optim.bias_lr_scale", o.bias_lr_scale)
         in_range("eval_tta", self.eval_tta, 0, 2)
+        if self.val_tta is not None:
+            in_range("val_tta", self.val_tta, 0, 2)
         at_least("eval_batch_size", self.eval_batch_size, 1)
         at_least("eval_every", self.eval_every, 1)
         at_least("threads", self.threads, 0)

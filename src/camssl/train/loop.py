@@ -285,20 +285,21 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation and diagnostics
 
-    def _evaluate(self, model: nn.Module, images: Tensor, labels: Tensor) -> dict[str, Any]:
+    def _evaluate(self, model: nn.Module, images: Tensor, labels: Tensor, tta: int) -> dict[str, Any]:
         """Evaluate on a whole set; with several processes each takes every W-th image and the sums are reduced."""
         if self.dist.enabled:
             images, labels = images[self.dist.rank :: self.dist.world], labels[self.dist.rank :: self.dist.world]
         return evaluate(model, images, labels, self.augmenter, self.cfg.eval_batch_size, self.num_classes,
                         self.cfg.model.channels_last, self.stepper.autocast,
-                        reduce=self.dist.all_reduce_sum if self.dist.enabled else None, tta=self.cfg.eval_tta)
+                        reduce=self.dist.all_reduce_sum if self.dist.enabled else None, tta=tta)
 
     def validate(self) -> dict[str, Any]:
         idx = self.split.val.to(self.device)
-        return self._evaluate(self.eval_model(), self.images[idx], self.labels[idx])
+        tta = self.cfg.eval_tta if self.cfg.val_tta is None else self.cfg.val_tta
+        return self._evaluate(self.eval_model(), self.images[idx], self.labels[idx], tta)
 
     def test(self, model: nn.Module) -> dict[str, Any]:
-        return self._evaluate(model, self.test_images, self.test_labels)
+        return self._evaluate(model, self.test_images, self.test_labels, self.cfg.eval_tta)
 
     def _cam_grid(self, tag: str) -> None:
         if self.cfg.cam_grid and self.dist.main:
