@@ -153,3 +153,26 @@ def test_randaugment_view_carries_maps_like_every_view():
     assert v.images.shape == (4, 3, 32, 32) and v.theta.shape == (4, 2, 3) and v.flip.shape == (4,)
     again = aug.strong(x, torch.Generator().manual_seed(0))
     assert torch.equal(v.images, again.images) and torch.equal(v.theta, again.theta)
+
+
+def test_flexmatch_thresholds_follow_the_published_formula():
+    from camssl.methods.flex import FlexState, flex_thresholds
+    from camssl.methods.parts import pseudo_labels
+
+    counts = torch.tensor([4, 2, 0])
+    # warm-up: β_c = σ_c / max(max σ, unused) = [0.4, 0.2, 0]; T = τ β / (2 − β)
+    assert torch.allclose(flex_thresholds(counts, 10, 0.9), 0.9 * torch.tensor([0.4 / 1.6, 0.2 / 1.8, 0.0]))
+    # no warm-up: β_c = σ_c / max σ = [1, 0.5, 0]
+    assert torch.allclose(flex_thresholds(counts, 10, 0.9, warmup=False), torch.tensor([0.9, 0.3, 0.0]))
+
+    state = FlexState(n_train=8, unlabeled=torch.tensor([1, 2, 3, 5, 6]), num_classes=3, device="cpu")
+    assert torch.equal(state.thresholds(0.9), torch.zeros(3))  # nothing has passed yet: every threshold 0
+    probs = torch.tensor([[0.95, 0.05, 0.0], [0.5, 0.5, 0.0], [0.02, 0.97, 0.01]])
+    state.update(torch.tensor([1, 2, 3]), probs, 0.9, step=0)  # rows 1 (class 0) and 3 (class 1) pass τ
+    state.update(torch.tensor([5]), torch.tensor([[0.0, 0.05, 0.95]]), 0.9, step=1)  # row 5: class 2
+    state.update(torch.tensor([1]), torch.tensor([[0.0, 0.99, 0.01]]), 0.9, step=2)  # row 1 is now class 1
+    # σ = [0, 2, 1], unused = 2 of the 5 unlabeled rows: β = [0, 1, 0.5]
+    assert torch.allclose(state.thresholds(0.9), torch.tensor([0.0, 0.9, 0.3]))
+    pl = pseudo_labels(torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0]]), state.thresholds(0.9))
+    conf = F.softmax(torch.tensor([3.0, 0.0, 0.0]), 0).max()  # ≈ 0.91 for the first two, 0.79 for the last
+    assert torch.equal(pl.classes, torch.tensor([1, 2, 0])) and torch.equal(pl.mask, torch.tensor([conf >= 0.9, True, True]))

@@ -143,7 +143,19 @@ def _equal(a, b) -> bool:
 
 
 def test_logs_its_metrics_and_resumes_exactly(name, mini, teacher, tmp_path):
-    cfg = _method_cfg(name, teacher)
+    _check_metrics_and_resume(_method_cfg(name, teacher), name, mini, tmp_path)
+
+
+def test_flexmatch_thresholds_log_and_resume_exactly(mini, tmp_path):
+    """method.pseudo.flex keeps a per-image table: it must reach the epoch record and survive a resume."""
+    cfg = _cfg("fixmatch", **{"method.pseudo.flex": True, "method.pseudo.threshold": 0.2})
+    straight = _check_metrics_and_resume(cfg, "fixmatch+flex", mini, tmp_path)
+    record = straight.state.history[-1]
+    assert straight.method.flex.table.written().any()  # images passed τ: the table matters to the resume
+    assert 0.0 <= record["flex_threshold_min"] <= record["flex_threshold_mean"] <= 0.2
+
+
+def _check_metrics_and_resume(cfg, name, mini, tmp_path):
     straight = _trainer(cfg, tmp_path / "straight", mini)
     straight.fit()
     record = straight.state.history[-1]
@@ -160,6 +172,7 @@ def test_logs_its_metrics_and_resumes_exactly(name, mini, teacher, tmp_path):
     assert _records(resumed.state.history) == _records(straight.state.history)
     for (k, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
         assert torch.equal(a, b), f"{name}: {k} differs after the resume"
+    return straight
 
 
 # ---------------------------------------------------------------- a new method in at most 40 lines

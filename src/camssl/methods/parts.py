@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camssl.checks import at_least, fraction
+from camssl.checks import at_least, check_bool, fraction
+from camssl.errors import ConfigError
 from camssl.losses import confidence_mask, soft_cross_entropy
 
 RampKind = Literal["linear", "step"]
@@ -50,10 +51,18 @@ class PseudoSettings:
     threshold: float = 0.0  # confidence threshold τ on the anchor's softmax maximum (0 = off)
     anchor: Literal["original", "weak"] = "original"  # view whose prediction (and map) is the target
     target: Literal["soft", "hard"] = "soft"  # soft probabilities (L_P) or the hard argmax (FixMatch)
+    # camssl's option, not FixMatch's: FlexMatch's per-class thresholds τ·M(β_c) (Zhang et al. 2021; camssl.methods.flex)
+    flex: bool = False
+    flex_warmup: bool = True  # FlexMatch's threshold warm-up (β over max(max σ, unused images))
 
     def validate(self, prefix: str) -> None:
         at_least(f"{prefix}.weight", self.weight, 0)
         fraction(f"{prefix}.threshold", self.threshold)
+        check_bool(f"{prefix}.flex", self.flex)
+        check_bool(f"{prefix}.flex_warmup", self.flex_warmup)
+        if self.flex and self.threshold <= 0:
+            raise ConfigError(f"{prefix}.flex=true scales the threshold per class: set {prefix}.threshold > 0 "
+                              "(FlexMatch: 0.95)")
 
 
 @dataclass
@@ -65,9 +74,16 @@ class PseudoLabels:
     mask: Tensor  # (B,) bool: confidence at least the threshold
 
 
-def pseudo_labels(anchor_logits: Tensor, threshold: float) -> PseudoLabels:
-    """Probabilities, pseudo-labels and confidence mask of the anchor's logits (detached)."""
+def pseudo_labels(anchor_logits: Tensor, threshold: float | Tensor) -> PseudoLabels:
+    """Probabilities, pseudo-labels and confidence mask of the anchor's logits (detached).
+
+    ``threshold``: one τ for every class, or a (C,) tensor of per-class thresholds (each
+    prediction is held to its own class's).
+    """
     probs = F.softmax(anchor_logits.detach().float(), dim=1)
+    if isinstance(threshold, Tensor):
+        conf, classes = probs.max(1)
+        return PseudoLabels(probs, classes, conf >= threshold.to(conf)[classes])
     return PseudoLabels(probs, probs.argmax(1), confidence_mask(probs, threshold))
 
 

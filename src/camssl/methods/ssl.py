@@ -10,6 +10,8 @@ the anchor's maps) and one forward over ``[labeled; strong]`` that every term ta
 :class:`Term` is an add-on loss with its own config section (L_G: ``method.gradcam``, L_cam:
 ``method.cam``); it is active when its weight is above 0, so FixMatch + L_G is the
 ``fixmatch`` method with ``method.gradcam.weight=1`` — a configuration, not new step code.
+``method.pseudo.flex=true`` replaces the fixed τ by FlexMatch's per-class thresholds
+(:mod:`camssl.methods.flex`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from camssl.augment import View
-from camssl.methods.base import Batch, Method, MethodConfig, StepContext, StepOutput
+from camssl.methods.base import Batch, Method, MethodConfig, RunInfo, StepContext, StepOutput
+from camssl.methods.flex import FlexState
 from camssl.methods.parts import PseudoLabels, pseudo_labels, pseudo_loss, unlabeled_diagnostics
 
 
@@ -102,11 +105,18 @@ class SemiSupervised(Method):
         self.active = [t(getattr(cfg, t.section)) for t in self.terms]
         self.active = [t for t in self.active if t.active]
         self.log_metrics = self.base_metrics + tuple(m for t in self.active for m in t.metrics)  # this config's
+        self.flex: FlexState | None = None
+
+    def setup(self, run: RunInfo) -> None:
+        p = self.cfg.pseudo
+        if p.flex:
+            self.dist = run.dist
+            self.flex = FlexState(run.n_train, run.split.unlabeled, run.num_classes, run.device, p.flex_warmup)
 
     def double_backward_layers(self, net: nn.Module) -> list[str]:
         return _unique([t.double_backward_layers(net) for t in self.active])
 
-    def _anchor(self, ctx: StepContext, f: SSLForward) -> None:
+    def _anchor(self, ctx: StepContext, f: SSLForward, idx_u: Tensor | None) -> None:
         """The anchor's forward: its pseudo-labels, and whatever the terms read of it."""
         taps = _unique([t.anchor_taps(ctx.model) for t in self.active])
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(t.anchor_needs_graph(ctx.model)
@@ -115,7 +125,13 @@ class SemiSupervised(Method):
                 f.anchor_logits, f.anchor_feats = ctx.model(f.anchor.images, taps=taps)
             else:
                 f.anchor_logits = ctx.model(f.anchor.images)
-        f.pl = pseudo_labels(f.anchor_logits, self.cfg.pseudo.threshold)
+        tau = self.cfg.pseudo.threshold
+        if self.flex is None:
+            f.pl = pseudo_labels(f.anchor_logits, tau)
+        else:
+            assert idx_u is not None, "method.pseudo.flex needs the unlabeled images' indices (Batch.idx_u)"
+            f.pl = pseudo_labels(f.anchor_logits, self.flex.thresholds(tau))
+            self.flex.update(idx_u, f.pl.probs, tau, ctx.step)
         for t in self.active:
             t.from_anchor(ctx, f)
         f.anchor_logits, f.anchor_feats = None, {}  # the anchor's graph is freed before the second forward
@@ -125,7 +141,7 @@ class SemiSupervised(Method):
         cfg, p = self.cfg, self.cfg.pseudo
         labeled, anchor, strong = ctx.ssl_views(batch, p.anchor)
         f = SSLForward(labeled, anchor, strong, n_l=batch.x_l.shape[0], y_l=batch.y_l)
-        self._anchor(ctx, f)
+        self._anchor(ctx, f, batch.idx_u)
         assert f.pl is not None
         taps = _unique([t.main_taps(ctx.model) for t in self.active])
         images = torch.cat([labeled.images, strong.images])
@@ -140,3 +156,17 @@ class SemiSupervised(Method):
             metrics.update(term_metrics)
         metrics.update(loss_p=loss_p.detach(), **unlabeled_diagnostics(f.pl, batch.y_u))
         return StepOutput(loss, metrics)
+
+    def end_epoch(self) -> dict[str, float]:
+        if self.flex is None:
+            return {}
+        self.flex.merge(self.dist)
+        thresholds = self.flex.thresholds(self.cfg.pseudo.threshold)
+        return {"flex_threshold_min": float(thresholds.min()), "flex_threshold_mean": float(thresholds.mean())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"flex": self.flex.state_dict()} if self.flex is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.flex is not None:
+            self.flex.load_state_dict(state["flex"])
