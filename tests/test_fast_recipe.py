@@ -173,6 +173,18 @@ def test_flexmatch_thresholds_follow_the_published_formula():
     state.update(torch.tensor([1]), torch.tensor([[0.0, 0.99, 0.01]]), 0.9, step=2)  # row 1 is now class 1
     # σ = [0, 2, 1], unused = 2 of the 5 unlabeled rows: β = [0, 1, 0.5]
     assert torch.allclose(state.thresholds(0.9), torch.tensor([0.0, 0.9, 0.3]))
-    pl = pseudo_labels(torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0]]), state.thresholds(0.9))
-    conf = F.softmax(torch.tensor([3.0, 0.0, 0.0]), 0).max()  # ≈ 0.91 for the first two, 0.79 for the last
-    assert torch.equal(pl.classes, torch.tensor([1, 2, 0])) and torch.equal(pl.mask, torch.tensor([conf >= 0.9, True, True]))
+    # confidences (softmax of a 3 or 2 among zeros): 0.91, 0.79, 0.91, 0.79; thresholds [0, 0.9, 0.3] by class
+    logits = torch.tensor([[0.0, 3.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0]])
+    pl = pseudo_labels(logits, state.thresholds(0.9))
+    assert torch.equal(pl.classes, torch.tensor([1, 1, 2, 0]))
+    assert pl.mask.tolist() == [True, False, True, True]
+
+
+def test_a_flexmatch_step_uses_the_class_thresholds(tmp_path, mini):
+    """At the start nothing has passed τ, so every FlexMatch threshold is 0 and every image is used."""
+    over = {"method.name": "fixmatch", "method.pseudo.threshold": 0.95}
+    for flex, expect_all in ((False, False), (True, True)):
+        t = _trainer(tmp_path, mini, **over, **{"method.pseudo.flex": flex})
+        out = t.method.step(StepContext(t.net.train(), t.augmenter, torch.Generator().manual_seed(0), 0.0),
+                            t.next_batch())
+        assert (float(out.metrics["mask_rate"]) == 1.0) == expect_all

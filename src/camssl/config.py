@@ -107,7 +107,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
     eval_batch_size: int = 250
     eval_every: int = 1  # validate every N epochs (and always after the last)
-    eval_tta: int = 0  # test-time augmentation of validation and test: 0 none, 1 mirror, 2 mirror + 1-px translate (airbench)
+    eval_tta: int = 0  # test-time augmentation of the test (and of validation unless val_tta is set): 0 none, 1 mirror, 2 mirror + 1-px translate (airbench)
     val_tta: int | None = None  # test-time augmentation of validation alone (model selection); None: eval_tta
     out_dir: str = "runs"  # parent of run directories when --out is not given
     cam_grid: bool = True  # write a CAM grid at the start and end of a run

@@ -49,17 +49,14 @@ class FlexState:
 
     def thresholds(self, tau: float) -> Tensor:
         """(C,) the current per-class thresholds."""
-        labels = self.table.values[self.unlabeled]
-        used = labels[labels >= 0]
-        counts = torch.bincount(used, minlength=self.num_classes)
-        return flex_thresholds(counts, len(labels) - len(used), tau, self.warmup)
+        counts = torch.bincount(self.table.values[self.unlabeled] + 1, minlength=self.num_classes + 1)
+        return flex_thresholds(counts[1:], int(counts[0]), tau, self.warmup)  # counts[0]: never above τ
 
     def update(self, idx: Tensor, probs: Tensor, tau: float, step: int) -> None:
         """Record the class of each image of ``idx`` whose confidence reaches the fixed τ."""
         conf, cls = probs.max(1)
         passed = conf >= tau
-        if passed.any():
-            self.table.write(idx[passed], cls[passed], step)
+        self.table.write(idx[passed], cls[passed], step)
 
     def merge(self, dist: Dist) -> None:
         self.table.merge(dist)

@@ -11,7 +11,8 @@ the anchor's maps) and one forward over ``[labeled; strong]`` that every term ta
 ``method.cam``); it is active when its weight is above 0, so FixMatch + L_G is the
 ``fixmatch`` method with ``method.gradcam.weight=1`` — a configuration, not new step code.
 ``method.pseudo.flex=true`` replaces the fixed τ by FlexMatch's per-class thresholds
-(:mod:`camssl.methods.flex`).
+(:mod:`camssl.methods.flex`); their table lives in :class:`SemiSupervised`'s ``setup``,
+``end_epoch`` and ``state_dict``, so a subclass that overrides those calls ``super()``.
 """
 
 from __future__ import annotations
@@ -126,11 +127,13 @@ class SemiSupervised(Method):
             else:
                 f.anchor_logits = ctx.model(f.anchor.images)
         tau = self.cfg.pseudo.threshold
-        if self.flex is None:
+        if not self.cfg.pseudo.flex:
             f.pl = pseudo_labels(f.anchor_logits, tau)
         else:
-            assert idx_u is not None, "method.pseudo.flex needs the unlabeled images' indices (Batch.idx_u)"
-            f.pl = pseudo_labels(f.anchor_logits, self.flex.thresholds(tau))
+            if self.flex is None or idx_u is None:
+                raise RuntimeError("method.pseudo.flex needs SemiSupervised.setup (a subclass's setup must call "
+                                   "super().setup(run)) and the unlabeled images' indices (Batch.idx_u)")
+            f.pl = pseudo_labels(f.anchor_logits, self.flex.thresholds(tau))  # read before this step's update
             self.flex.update(idx_u, f.pl.probs, tau, ctx.step)
         for t in self.active:
             t.from_anchor(ctx, f)
