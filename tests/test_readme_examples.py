@@ -198,7 +198,8 @@ def test_your_own_method_example_registers_and_trains_from_the_command_line(tmp_
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     method = result["config"]["method"]
     assert result["method"] == "mine" and result["steps"] == 2
-    assert method["pseudo"] == {"weight": 1.0, "threshold": 0.9, "anchor": "original", "target": "hard"}
+    assert method["pseudo"] == {"weight": 1.0, "threshold": 0.9, "anchor": "original", "target": "hard",
+                                "flex": False, "flex_warmup": True}
     assert method["gradcam"]["weight"] == 0.5 and method["gradcam"]["layers"] == ["layer3"]  # the demo preset's layer
 
 

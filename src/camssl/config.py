@@ -170,6 +170,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def validation_tta(self) -> int:
+        """The test-time augmentation level of validation: ``val_tta``, else ``eval_tta``."""
+        return self.eval_tta if self.val_tta is None else self.val_tta
+
     def diagnostic_layer(self) -> str:
         """The layer of the per-epoch map diagnostics and CAM grids."""
         return self.map_layer or next(iter(self.method.cam_layers()), "layer3")  # "auto": resolved by the trainer

@@ -295,8 +295,7 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         idx = self.split.val.to(self.device)
-        tta = self.cfg.eval_tta if self.cfg.val_tta is None else self.cfg.val_tta
-        return self._evaluate(self.eval_model(), self.images[idx], self.labels[idx], tta)
+        return self._evaluate(self.eval_model(), self.images[idx], self.labels[idx], self.cfg.validation_tta())
 
     def test(self, model: nn.Module) -> dict[str, Any]:
         return self._evaluate(model, self.test_images, self.test_labels, self.cfg.eval_tta)
