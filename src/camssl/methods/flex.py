@@ -32,7 +32,7 @@ from camssl.methods.state import SampleTable
 def flex_thresholds(counts: Tensor, unused: int, tau: float, warmup: bool = True) -> Tensor:
     """(C,) per-class thresholds τ·M(β_c) from the per-class counts σ_c and the unused count."""
     counts = counts.float()
-    top = counts.max() if len(counts) else counts.new_zeros(())
+    top = counts.max()
     denom = torch.maximum(top, counts.new_tensor(float(unused))) if warmup else top
     beta = counts / denom.clamp_min(1.0)
     return tau * beta / (2.0 - beta)
