@@ -231,6 +231,15 @@ def test_rows_start_from_the_prediction_or_uniform_and_are_read_back():
     uniform, *_ = method_run(init="uniform", steps=0)
     uniform.step(ctx, batch)
     assert torch.equal(uniform.pending[1], torch.zeros(12, 10))
+    refresh, *_ = method_run(init="refresh", steps=0)
+    refresh.z.write(idx_u, torch.full((12, 10), 7.0), step=0)  # stored rows that a refresh must ignore
+    refresh.step(ctx, batch)
+    assert torch.equal(refresh.pending[1].argmax(1), refresh.pending[2])  # the row is the model's current logits
+    assert not torch.equal(refresh.pending[1], torch.full((12, 10), 7.0))
+    stale, *_ = method_run(steps=0)  # init predict: the stored rows are read back
+    stale.z.write(idx_u, torch.full((12, 10), 7.0), step=0)
+    stale.step(ctx, batch)
+    assert torch.equal(stale.pending[1], torch.full((12, 10), 7.0))
 
 
 def test_end_epoch_diagnostics_and_state_roundtrip():

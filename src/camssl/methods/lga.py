@@ -6,7 +6,9 @@ Only the paper's abstract is public; every detail below is *camssl's choice*
 - a :class:`~camssl.methods.state.SampleTable` of imputed label logits Z, one row per
   training image (only unlabeled rows are used), q = softmax(Z / ``temperature``); a row
   starts from the model's logits on the weak view the first time its sample is drawn
-  (``init: predict``) or from zeros (``uniform``);
+  (``init: predict``) or from zeros (``uniform``); ``refresh`` restarts every row the batch
+  draws from the model's current logits, so a row carries only its own step's K inner steps
+  (the staleness fix of docs/results-lga.md; camssl's, not the paper's);
 - per step, ``steps`` (K) RMS-normalised gradient steps of size ``inner_lr`` on the batch's
   rows minimise D(g_L, g_U(q)) (``grad_distance``: 1 − cos or squared L2), with g_L the gradient
   of the labeled loss (averaged over ranks) and g_U(q) that of the unlabeled weak view's
@@ -54,7 +56,8 @@ class LGAConfig(MethodConfig):
     steps: int = 3  # camssl's choice: K inner steps on the batch's rows of Z per training step
     inner_lr: float = 0.1  # camssl's choice: RMS change of Z (in logits) per inner step
     temperature: float = 0.5  # camssl's choice: q = softmax(Z / T); < 1 so that a row initialised from the prediction has g_U != 0
-    init: Literal["predict", "uniform"] = "predict"  # first value of a row: the model's logits, or zeros
+    init: Literal["predict", "uniform", "refresh"] = "predict"  # first value of a row: the model's logits, or zeros;
+    # refresh: the model's logits at every draw (camssl's staleness fix: a row does not lag the model)
     scope: Literal[SCOPES] = "classifier"  # type: ignore[valid-type]  # parameters whose gradients are aligned
     grad_distance: Literal[DISTANCES] = "cosine"  # type: ignore[valid-type]  # D: 1 - cos, or sql2 (squared L2)
     view: Literal["weak", "strong"] = "weak"  # unlabeled view trained on q (camssl's choice: weak, as in Oliver et al.)
@@ -123,8 +126,8 @@ class LabelGradientAlignment(Method):
         g_l = self.dist.all_reduce_mean(g_l.detach().clone())
         idx = batch.idx_u
         z = self.z.values[idx].clone()
-        new = ~self.z.written(idx)
-        z[new] = logits_w.detach().float()[new] if cfg.init == "predict" else 0.0
+        new = ~self.z.written(idx) if cfg.init != "refresh" else torch.ones_like(idx, dtype=torch.bool)
+        z[new] = 0.0 if cfg.init == "uniform" else logits_w.detach().float()[new]
         res = align_labels(z, g_l, grad_u, steps=cfg.steps, lr=cfg.inner_lr, temperature=cfg.temperature,
                            distance=cfg.grad_distance)
         del grad_u  # frees the double-backward graph of scope=all before the training backward
