@@ -216,6 +216,19 @@ def test_four_kd_variants_share_one_step(tmp_path, caam_w, logit_w):
         assert all(torch.equal(a, b) for a, b in zip(grads(model).values(), grads(model2).values()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_teacher_beyond_fp16s_range_gives_finite_losses_under_autocast(tmp_path, dtype):
+    """Seen on a GPU (docs/gpu.md): a teacher whose logits pass 65,504 made fp16 logits inf and the KD losses NaN."""
+    teacher = fake_run(tmp_path / "t")
+    method = kd_method(teacher, caam_weight=3.0, logit_weight=1.0)
+    with torch.no_grad():
+        fc_weight(method.teacher).mul_(1e5)  # logits far past fp16's largest number
+    model, ctx = tiny_ctx(epoch=LATE)
+    with torch.autocast("cpu", dtype=dtype):
+        out = method.step(ctx, tiny_batch())
+    assert torch.isfinite(out.metrics["loss_caam"]) and torch.isfinite(out.metrics["loss_kd"])
+
+
 def test_caam_matching_resizes_and_logit_kd_is_zero_for_equal_logits():
     feats = torch.rand(2, 4, 4, 4, requires_grad=True)
     teacher_maps = torch.rand(2, 8, 8)

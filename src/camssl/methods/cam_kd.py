@@ -27,6 +27,7 @@ warm-up (the teacher's maps are informative from the first step).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,19 @@ class CamKDConfig(MethodConfig):
         positive("method.temperature", self.temperature)
 
 
+def fp32_under_fp16(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """The teacher's forward leaves fp16 autocast for fp32 (bf16 autocast, and none, are kept).
+
+    A frozen teacher's activations are not kept in fp16's range by the student's loss scale:
+    a teacher with logits of ~5·10^4 (a supervised run after one epoch, BatchNorm in eval mode)
+    gave inf logits and a NaN distillation loss at the second step on a GPU under fp16
+    (docs/gpu.md). bf16 has fp32's range, so it keeps its speed.
+    """
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @register
 class CamKD(Method):
     name = "cam_kd"
@@ -90,7 +104,7 @@ class CamKD(Method):
         view = ctx.view(ctx.labeled_view, batch.x_l)
         layer = cam_layer(ctx.model)
         logits, feats = ctx.model(view.images, taps=[layer])
-        with torch.no_grad():
+        with torch.no_grad(), fp32_under_fp16(view.images.device.type):
             t_logits, t_feats = self.teacher(view.images, taps=[self.teacher_layer])
             t_maps = teacher_cams(t_feats[self.teacher_layer], fc_weight(self.teacher), batch.y_l)
         loss_s, metrics = self.supervised(logits, batch.y_l)
