@@ -226,7 +226,9 @@ def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: st
             f"{any_res.get('n_test')} test images"
         )
         lines.append(
-            f"- model: {m.get('name')} width {m.get('width')}; {o.get('epochs')} epochs of "
+            f"- model: {m.get('name')} "
+            + (f"widths {m['widths']}" if m.get("widths") else f"width {m.get('width')}")
+            + f"; {o.get('epochs')} epochs of "
             f"{any_res.get('steps', 0) // max(1, any_res.get('epochs', 1))} steps, batch {o.get('batch_size')} labeled "
             f"+ {o.get('unlabeled_multiplier')}× unlabeled, lr {o.get('lr')} {o.get('schedule')}; "
             f"device {any_res.get('device')}"
@@ -240,7 +242,7 @@ def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: st
         lines.append(f"- command: `{last.get('command')}`")
     lines += [
         f"- baseline: `{baseline or 'none'}` (supervised only, once per seed, paired with every ratio)"
-        + (f"; ablation: `{ablation}` (L_S + L_P, i.e. γ = 0)" if ablation else ""),
+        + (f"; ablation: `{ablation}` (its method without L_G, i.e. γ = 0)" if ablation else ""),
         "",
         f"**Model selection:** {_RULES[select]}",
         "",
@@ -421,7 +423,8 @@ def _md_maps(sr: SweepResults, ratios: list[float], settings: list[str]) -> list
         "Cells: agreement / blank, mean over seeds.",
         "",
     ]
-    heads = [f"{'gradcam' if header_label(sr, s) == layer_of(sr, s) else s} @{sr.map_layer(s)}" for s in settings]
+    heads = [f"{'gradcam' if header_label(sr, s) == layer_of(sr, s) else s} @{sr.map_layer(s) or layer_of(sr, s) or '—'}"
+             for s in settings]
     lines += ["| ratio | " + " | ".join(heads) + " |", "|---|" + "---|" * len(settings)]
     for ratio in ratios:
         cells = []
