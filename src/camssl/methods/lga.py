@@ -125,9 +125,12 @@ class LabelGradientAlignment(Method):
             g_l = grad_u.labeled(loss_s)
         g_l = self.dist.all_reduce_mean(g_l.detach().clone())
         idx = batch.idx_u
-        z = self.z.values[idx].clone()
-        new = ~self.z.written(idx) if cfg.init != "refresh" else torch.ones_like(idx, dtype=torch.bool)
-        z[new] = 0.0 if cfg.init == "uniform" else logits_w.detach().float()[new]
+        if cfg.init == "refresh":  # every drawn row restarts from the current prediction: no stored row is read
+            z = logits_w.detach().float().clone()
+        else:
+            z = self.z.values[idx].clone()
+            new = ~self.z.written(idx)
+            z[new] = 0.0 if cfg.init == "uniform" else logits_w.detach().float()[new]
         res = align_labels(z, g_l, grad_u, steps=cfg.steps, lr=cfg.inner_lr, temperature=cfg.temperature,
                            distance=cfg.grad_distance)
         del grad_u  # frees the double-backward graph of scope=all before the training backward
