@@ -176,8 +176,16 @@ def test_resume_needs_a_run_and_keeps_its_settings(revival_run, tmp_path, capsys
 def test_active_table_pairs_strategies_by_seed(revival_run, tmp_path, capsys):
     out, _ = revival_run
     rand = tmp_path / "random"
-    assert main(["active", "--out", str(rand), *REVIVAL[2:], "--strategy", "random"]) == 0
-    capsys.readouterr()
+    assert main(["active", "--out", str(rand), *REVIVAL[2:], "--strategy", "random", "--first-cycle-from", str(out)]) == 0
+    assert "cycle 0: copied from" in capsys.readouterr().out
+    first = state(rand)["cycles"][0]  # cycle 0 copied, not trained: the same result and files, marked
+    assert first["reused_from"] == str(out.resolve())
+    source = state(out)["cycles"][0]
+    assert {k: v for k, v in first.items() if k not in ("reused_from", "query", "time")} == \
+        {k: v for k, v in source.items() if k not in ("query", "time")}
+    assert first["time"]["train_s"] == source["time"]["train_s"]
+    for name in ("result.json", "metrics.jsonl", "last.pt"):
+        assert (rand / "cycle_0" / name).read_bytes() == (out / "cycle_0" / name).read_bytes()
     table = tmp_path / "table"
     assert main(["active-table", str(out), str(rand), "--out", str(table)]) == 0
     md = (table / "curves.md").read_text()
@@ -201,6 +209,23 @@ def test_active_table_pairs_strategies_by_seed(revival_run, tmp_path, capsys):
     (tmp_path / "copy").mkdir()
     (tmp_path / "copy" / "active.json").write_bytes((out / "active.json").read_bytes())
     fails(["active-table", str(out), str(tmp_path / "copy")], capsys, "two runs of strategy revival with seed 0")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--width", "0.25"], "was trained with model.width=0.125, not 0.25"),
+    (["--seed", "1"], "seed=0, not 1"),
+    (["--initial", "120"], "has another validation or initial labeled set"),
+])
+def test_first_cycle_from_must_be_the_same_cycle_0(revival_run, argv, needle, tmp_path, capsys):
+    out, _ = revival_run
+    new = tmp_path / "new"
+    fails(["active", "--out", str(new), *REVIVAL, *argv, "--first-cycle-from", str(out)], capsys, needle,
+          "drop --first-cycle-from")
+    assert not new.exists()
+    fails(["active", "--out", str(new), *REVIVAL, "--first-cycle-from", str(tmp_path)], capsys,
+          "holds no active-learning run (no active.json)")
+    fails(["active", "--out", str(out), "--resume", "--first-cycle-from", str(out)], capsys,
+          "--first-cycle-from starts a new run")
 
 
 def test_fixed_feature_script_on_the_mini_set(revival_run, tmp_path, monkeypatch, capsys):

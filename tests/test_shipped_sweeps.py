@@ -48,3 +48,15 @@ def test_kd_students_and_teachers_share_each_seeds_split():
         if run.config.method.name == "cam_kd":
             assert run.config.method.teacher == f"sweeps/fast-kd-teachers/r10.25/teacher/s{run.seed}/last.pt"
     assert all(t.model.widths == [64, 256, 256] for t in teachers.values())
+
+
+def test_active_fast_is_the_fast_preset_at_a_quarter_of_its_steps():
+    """configs/active-fast.yaml says its task model is the fast preset's fixmatch, 1,000 steps a cycle."""
+    import camssl.active.strategies  # noqa: F401  (registers the strategies its active: section names)
+    from camssl.active.config import load_active_config
+
+    cfg, acfg = load_active_config("active-fast")
+    diff = {k: (a, b) for k, a, b in differences(load_config("fast"), cfg)}
+    assert diff == {"optim.epochs": (40, 10), "optim.warmup_epochs": (9.2, 2.3)}
+    assert cfg.optim.epochs * cfg.optim.steps_per_epoch == 1000 and cfg.method.name == "fixmatch"
+    assert (acfg.initial, acfg.budget, acfg.cycles, acfg.subset, acfg.revival.max_scored) == (250, 250, 3, 10000, 2000)

@@ -51,6 +51,9 @@ def add_active_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (active.json, cycle_0/, cycle_1/, ...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (after a kill, or once the "
                    "files oracle's CSV is filled in)")
+    p.add_argument("--first-cycle-from", default=None, metavar="RUN",
+                   help="a new run: copy cycle 0 from another camssl active run with the same config, --seed and "
+                   "--initial (any strategy) instead of training it again; cycle 0 does not depend on the strategy")
     p.add_argument("--labels", default=None, metavar="EXPORT", help="with --resume: Label Studio's export (JSON, "
                    "JSON-MIN or CSV) of the pending query's tasks, checked as a whole before it is used")
 
@@ -80,7 +83,8 @@ def cmd_active(args: argparse.Namespace) -> int:
     from camssl.text import fmt_pct
 
     cfg, acfg = configs_from_args(args) if (not args.resume or _given(args)) else (None, None)
-    state = run_active(cfg, acfg, args.out, resume=args.resume, labels=args.labels)
+    state = run_active(cfg, acfg, args.out, resume=args.resume, labels=args.labels,
+                       first_cycle_from=args.first_cycle_from)
     if state.pending is None:
         print("cycle  labels  test acc  virtual acc before -> after  train s  selection s")
         for r in summary(state):

@@ -28,6 +28,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,19 +53,27 @@ from camssl.text import fmt_pct
 
 
 def run_active(cfg: TrainConfig | None, acfg: ActiveConfig | None, out: str | Path, *, resume: bool = False,
-               log: Callable[[str], None] = print, labels: str | Path | None = None) -> ActiveState:
+               log: Callable[[str], None] = print, labels: str | Path | None = None,
+               first_cycle_from: str | Path | None = None) -> ActiveState:
     """Run (or continue, with ``resume``) the active-learning loop in ``out``; returns the final state.
 
     With ``resume``, ``cfg`` and ``acfg`` may be None (the saved ones are used); given, they
     must equal the saved ones. Returns early, with ``state.pending`` set, when the files or
     the Label Studio oracle waits for labels. ``labels`` (with ``resume``): Label Studio's
     export of the pending query's tasks, checked as a whole before anything runs.
+    ``first_cycle_from`` (a new run only): another active-learning run with the same training
+    config, seed and initial set (e.g. the random strategy's), whose finished cycle 0 is copied
+    instead of trained again; cycle 0 is the same for every strategy, so comparing S strategies
+    then trains S - 1 fewer cycles.
     """
     out = Path(out)
     revealed = None
     if labels is not None and not resume:
         raise UserError("--labels needs --resume: it gives the labels of a run's pending query "
                         "(camssl active --out DIR --resume --labels EXPORT)")
+    if first_cycle_from is not None and resume:
+        raise UserError("--first-cycle-from starts a new run; a resumed run keeps the cycles it has "
+                        "(camssl active --out DIR --resume, without --first-cycle-from)")
     if resume:
         state = ActiveState.load(out)
         cfg, acfg = _check_same(state, cfg, acfg, out)
@@ -80,7 +90,10 @@ def run_active(cfg: TrainConfig | None, acfg: ActiveConfig | None, out: str | Pa
                             f"{data.fingerprint}); resume with the same data.source")
     else:
         state = _new_state(cfg, acfg, data)
+        source = None if first_cycle_from is None else _first_cycle_source(Path(first_cycle_from), state)
         out.mkdir(parents=True, exist_ok=True)
+        if source is not None:
+            _copy_first_cycle(source, out)
         state.save(out)
     return _Loop(cfg, acfg, out, data, state, log, revealed).run()
 
@@ -113,6 +126,43 @@ def _check_same(state: ActiveState, cfg: TrainConfig | None, acfg: ActiveConfig 
     if cfg is not None:  # where the data is now (data.source may move; the fingerprint is checked)
         saved_cfg.data.source = cfg.data.source
     return saved_cfg, saved_acfg
+
+
+REUSED_FILE = "reused.json"  # in a cycle_0 copied from another run: {"from": that run's folder}
+
+
+def _first_cycle_source(source: Path, state: ActiveState) -> Path:
+    """``source``'s finished cycle-0 folder, after checking that it is what this run would train."""
+    if not (source / STATE_FILE).is_file():
+        raise UserError(f"--first-cycle-from '{source}' holds no active-learning run (no {STATE_FILE}); give the "
+                        "--out folder of an earlier camssl active run")
+    other = ActiveState.load(source)
+    hint = "; give a run started with the same config, --seed and --initial (any strategy), or drop --first-cycle-from"
+    diff = config_differences(other.train_config, state.train_config, ignore=RESULT_NEUTRAL_KEYS)
+    if diff:
+        k, a, b = diff[0]
+        raise UserError(f"--first-cycle-from '{source}' was trained with {k}={a!r}, not {b!r}{hint}")
+    if other.fingerprint != state.fingerprint:
+        raise UserError(f"--first-cycle-from '{source}' was trained on other data (fingerprint {other.fingerprint} vs "
+                        f"{state.fingerprint}){hint}")
+    if other.val != state.val or [tuple(x) for x in zip(*other.labeled_until(0))] != \
+            [tuple(x) for x in zip(*state.labeled_until(0))]:
+        raise UserError(f"--first-cycle-from '{source}' has another validation or initial labeled set{hint}")
+    folder = source / "cycle_0"
+    if not other.cycles or not (folder / "result.json").exists() or not (folder / "last.pt").exists():
+        raise UserError(f"--first-cycle-from '{source}' has not finished its cycle 0 (no {folder / 'result.json'} "
+                        "and last.pt); finish it first (camssl active --out DIR --resume)")
+    return folder
+
+
+def _copy_first_cycle(folder: Path, out: Path) -> None:
+    """Copy ``folder`` to ``out/cycle_0`` (whole or not at all), marked with where it came from."""
+    dest = out / "cycle_0"
+    tmp = out / f".cycle_0.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    (tmp / REUSED_FILE).write_text(json.dumps({"from": str(folder.parent.resolve())}) + "\n", encoding="utf-8")
+    os.replace(tmp, dest)
 
 
 def _new_state(cfg: TrainConfig, acfg: ActiveConfig, data: DataBundle) -> ActiveState:
@@ -203,6 +253,7 @@ class _Loop:
         run_dir = self.out / f"cycle_{c}"
         self.log(f"cycle {c}: training on {len(split.labeled)} labeled + {len(split.unlabeled)} unlabeled images "
                  f"in {run_dir}")
+        reused = run_dir / REUSED_FILE
         if (run_dir / "result.json").exists():
             result = json.loads((run_dir / "result.json").read_text())
         else:
@@ -216,8 +267,12 @@ class _Loop:
             **{k: result[k] for k in ("test_acc", "test_acc_at_best_val", "best_val_acc", "val_acc", "steps")},
             "per_class_test_acc": result["per_class_test_acc"],
             "time": {"train_s": result["wall_time_s"]},
+            **({"reused_from": json.loads(reused.read_text())["from"]} if reused.exists() else {}),
         })
         self.state.save(self.out)
+        if reused.exists():
+            self.log(f"cycle {c}: copied from {self.state.cycles[c]['reused_from']} (the same config, seed and "
+                     "initial set), not trained again")
         self.log(f"cycle {c}: test accuracy {fmt_pct(result['test_acc'])} with {len(split.labeled)} labels")
 
     # ------------------------------------------------------------ selection and labels
