@@ -72,6 +72,7 @@ def test_every_setting_is_paired_with_the_baseline_when_there_is_no_gradcam_sett
     assert "+0.67 [" in line and "**" not in line
     # a sweep of other methods has no Grad-CAM paper numbers beside its cells, and lists every setting
     assert "paper†" not in md and "## Table I" not in md
+    assert "ablation: `pseudo_label` (the spec's `role: ablation` setting)" in md and "L_G" not in md
     acc = md[md.index("## Accuracy — validation accuracy"):]
     assert "| 1.0 | 72.00 ± 1.00 | 71.00 ± 2.65 | 70.33 ± 0.58 |" in acc.splitlines()[4]
     # test accuracy is val - 2 for every run: the same differences

@@ -373,6 +373,7 @@ def test_table_numbers_rows_and_columns(tmp_path, capsys):
 
     md = (out / "results.md").read_text()
     assert "**final epoch**" in md and "paper†" in md and "different" in md.lower()
+    assert "ablation: `pseudo_label` (its method without L_G, i.e. γ = 0)" in md
     header = "| ratio | layer1 | layer3 | baseline (supervised) |"
     assert md.count(header) == 2  # validation and test
     val_rows = md[md.index("## Table I — validation"):].splitlines()[4:6]

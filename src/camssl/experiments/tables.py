@@ -109,7 +109,7 @@ def build_tables(
         csv_rows += _csv_rows(sr, rule, ratios, columns, gradcams, ablation, baseline)
 
     md: list[str] = []
-    md += _md_header(sr, select, baseline, ablation)
+    md += _md_header(sr, select, baseline, ablation, bool(gradcams))
     md += [READING_BEGIN, *([reading] if reading else []), READING_END, ""]
     for m in _METRICS:
         md += _md_table1(sr, select, m, ratios, columns, baseline)
@@ -203,7 +203,7 @@ def _paper_diff(sr: SweepResults, setting: str, comparator: str, ratio: float) -
     return (round(a[0] - b[0], 2), None)
 
 
-def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: str | None) -> list[str]:
+def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: str | None, gradcam: bool) -> list[str]:
     plan = sr.plan
     n_runs, n_done = len(plan["runs"]), len(sr.results)
     any_res = next(iter(sr.results.values()), {})
@@ -242,7 +242,8 @@ def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: st
         lines.append(f"- command: `{last.get('command')}`")
     lines += [
         f"- baseline: `{baseline or 'none'}` (supervised only, once per seed, paired with every ratio)"
-        + (f"; ablation: `{ablation}` (its method without L_G, i.e. γ = 0)" if ablation else ""),
+        + (f"; ablation: `{ablation}` " + ("(its method without L_G, i.e. γ = 0)" if gradcam else
+                                           "(the spec's `role: ablation` setting)") if ablation else ""),
         "",
         f"**Model selection:** {_RULES[select]}",
         "",
