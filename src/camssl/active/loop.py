@@ -145,8 +145,8 @@ def _first_cycle_source(source: Path, state: ActiveState) -> Path:
     if other.fingerprint != state.fingerprint:
         raise UserError(f"--first-cycle-from '{source}' was trained on other data (fingerprint {other.fingerprint} vs "
                         f"{state.fingerprint}){hint}")
-    if other.val != state.val or [tuple(x) for x in zip(*other.labeled_until(0))] != \
-            [tuple(x) for x in zip(*state.labeled_until(0))]:
+    (index, labels), (own_index, own_labels) = other.labeled_until(0), state.labeled_until(0)
+    if other.val != state.val or not (torch.equal(index, own_index) and torch.equal(labels, own_labels)):
         raise UserError(f"--first-cycle-from '{source}' has another validation or initial labeled set{hint}")
     folder = source / "cycle_0"
     if not other.cycles or not (folder / "result.json").exists() or not (folder / "last.pt").exists():
