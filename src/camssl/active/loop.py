@@ -253,7 +253,8 @@ class _Loop:
         run_dir = self.out / f"cycle_{c}"
         self.log(f"cycle {c}: training on {len(split.labeled)} labeled + {len(split.unlabeled)} unlabeled images "
                  f"in {run_dir}")
-        reused = run_dir / REUSED_FILE
+        marker = run_dir / REUSED_FILE  # a cycle copied by --first-cycle-from
+        reused_from = json.loads(marker.read_text())["from"] if marker.exists() else None
         if (run_dir / "result.json").exists():
             result = json.loads((run_dir / "result.json").read_text())
         else:
@@ -267,11 +268,11 @@ class _Loop:
             **{k: result[k] for k in ("test_acc", "test_acc_at_best_val", "best_val_acc", "val_acc", "steps")},
             "per_class_test_acc": result["per_class_test_acc"],
             "time": {"train_s": result["wall_time_s"]},
-            **({"reused_from": json.loads(reused.read_text())["from"]} if reused.exists() else {}),
+            **({"reused_from": reused_from} if reused_from else {}),
         })
         self.state.save(self.out)
-        if reused.exists():
-            self.log(f"cycle {c}: copied from {self.state.cycles[c]['reused_from']} (the same config, seed and "
+        if reused_from:
+            self.log(f"cycle {c}: copied from {reused_from} (the same config, seed and "
                      "initial set), not trained again")
         self.log(f"cycle {c}: test accuracy {fmt_pct(result['test_acc'])} with {len(split.labeled)} labels")
 
