@@ -175,9 +175,11 @@ def test_resume_needs_a_run_and_keeps_its_settings(revival_run, tmp_path, capsys
 
 def test_active_table_pairs_strategies_by_seed(revival_run, tmp_path, capsys):
     out, _ = revival_run
-    rand = tmp_path / "random"
-    assert main(["active", "--out", str(rand), *REVIVAL[2:], "--strategy", "random", "--first-cycle-from", str(out)]) == 0
-    assert "cycle 0: copied from" in capsys.readouterr().out
+    rand, arch = tmp_path / "random", tmp_path / "docs-runs"
+    assert main(["active", "--out", str(rand), *REVIVAL[2:], "--strategy", "random", "--first-cycle-from", str(out),
+                 "--archive", str(arch / "random-s0")]) == 0
+    printed = capsys.readouterr().out
+    assert "cycle 0: copied from" in printed and f"3 cycles' small files in {arch / 'random-s0'}" in printed
     first = state(rand)["cycles"][0]  # cycle 0 copied, not trained: the same result and files, marked
     assert first["reused_from"] == str(out.resolve())
     source = state(out)["cycles"][0]
@@ -209,6 +211,20 @@ def test_active_table_pairs_strategies_by_seed(revival_run, tmp_path, capsys):
     (tmp_path / "copy").mkdir()
     (tmp_path / "copy" / "active.json").write_bytes((out / "active.json").read_bytes())
     fails(["active-table", str(out), str(tmp_path / "copy")], capsys, "two runs of strategy revival with seed 0")
+    # the archive (a finished run archived by --resume --archive): the same tables, without checkpoints
+    fails(["active", "--out", str(out), "--resume", "--archive", str(arch / "random-s0")], capsys,
+          "already holds the run of strategy random with seed 0, not revival with seed 0")
+    fails(["active", "--out", str(out), "--resume", "--archive", str(out / "keep")], capsys, "is inside the run's --out")
+    assert main(["active", "--out", str(out), "--resume", "--archive", str(arch / "revival-s0")]) == 0
+    assert sorted(p.relative_to(arch).as_posix() for p in arch.rglob("*.json")) == sorted(
+        f"{run}/{f}" for run in ("random-s0", "revival-s0") for f in
+        ("active.json", *(f"cycle_{c}/{n}" for c in range(3) for n in ("split.json", "result.json"))))
+    assert not list(arch.rglob("*.pt")) and (arch / "revival-s0/cycle_2/metrics.jsonl").exists()
+    assert (arch / "revival-s0/active.json").read_bytes() == (out / "active.json").read_bytes()
+    assert main(["active-table", str(arch), "--out", str(tmp_path / "from-archive")]) == 0
+    for name in ("curves.csv", "diagnostics.csv", "curves.md", "diagnostics.md"):  # rows in folder order
+        assert sorted((tmp_path / "from-archive" / name).read_text().splitlines()) == \
+            sorted((table / name).read_text().splitlines())
 
 
 @pytest.mark.parametrize("argv, needle", [

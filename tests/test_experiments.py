@@ -144,6 +144,17 @@ def test_shipped_specs_expand_to_the_papers_grid():
     assert E.plan_sweep("table1-paper").runs[0].config.model.resize_to == 256
 
 
+def test_tables_name_a_recorded_spec_the_way_a_user_gives_it(tmp_path, monkeypatch):
+    from camssl.experiments.spec import spec_label
+
+    # a shipped spec, recorded on another machine (another checkout or site-packages): its name
+    assert spec_label("/elsewhere/site-packages/camssl/configs/fast-gradcam-sweep.yaml") == "fast-gradcam-sweep (shipped)"
+    assert spec_label("/elsewhere/camssl/configs/not-shipped.yaml") == "/elsewhere/camssl/configs/not-shipped.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert spec_label(tmp_path / "specs" / "mine.yaml") == "specs/mine.yaml"  # under the working directory: relative
+    assert spec_label("/somewhere/else/mine.yaml") == "/somewhere/else/mine.yaml"
+
+
 def test_dry_run_lists_states_and_writes_nothing(tmp_path, capsys):
     spec = write_spec(tmp_path)
     out = tmp_path / "sw"

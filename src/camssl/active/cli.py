@@ -56,6 +56,10 @@ def add_active_arguments(p: argparse.ArgumentParser) -> None:
                    "--initial (any strategy) instead of training it again; cycle 0 does not depend on the strategy")
     p.add_argument("--labels", default=None, metavar="EXPORT", help="with --resume: Label Studio's export (JSON, "
                    "JSON-MIN or CSV) of the pending query's tasks, checked as a whole before it is used")
+    p.add_argument("--archive", default=None, metavar="DEST",
+                   help="once the run is finished, keep its small files (active.json; each cycle's config, split, "
+                   "metrics, result; no checkpoints) in DEST, e.g. docs/runs/NAME/STRATEGY-sSEED: camssl "
+                   "active-table then works from DEST where --out is gone")
 
 
 def _given(args: argparse.Namespace) -> list[str]:
@@ -83,6 +87,8 @@ def cmd_active(args: argparse.Namespace) -> int:
     from camssl.text import fmt_pct
 
     cfg, acfg = configs_from_args(args) if (not args.resume or _given(args)) else (None, None)
+    if args.archive is not None:
+        _check_archive(args, cfg, acfg)
     state = run_active(cfg, acfg, args.out, resume=args.resume, labels=args.labels,
                        first_cycle_from=args.first_cycle_from)
     if state.pending is None:
@@ -92,7 +98,27 @@ def cmd_active(args: argparse.Namespace) -> int:
             print(f"{r['cycle']:>5}  {r['n_labeled']:>6}  {fmt_pct(r['test_acc']):>8}  "
                   f"{fmt_pct(r['virtual_acc_before']):>8} -> {fmt_pct(r['virtual_acc_after']):<8}      "
                   f"{r['train_s']:>7.1f}  {sel:>11}")
+    if args.archive is not None and state.finished:
+        from camssl.active.archive import archive_active
+
+        folders = archive_active(Path(args.out), Path(args.archive))
+        print(f"archived active.json and {len(folders)} cycles' small files in {args.archive}")
+    elif args.archive is not None:
+        print(f"not archived yet: the run waits for labels; camssl active --out {args.out} --resume --archive "
+              f"{args.archive} archives it once it is finished")
     return 0
+
+
+def _check_archive(args: argparse.Namespace, cfg, acfg) -> None:  # before anything runs (cfg, acfg may be None)
+    from camssl.active.archive import check_archive
+    from camssl.active.state import ActiveState
+
+    if cfg is None:  # a resume with the saved settings
+        saved = ActiveState.load(Path(args.out))
+        strategy, seed = saved.active["strategy"], int(saved.train_config["seed"])
+    else:
+        strategy, seed = acfg.strategy, cfg.seed
+    check_archive(Path(args.archive), Path(args.out), strategy, seed)
 
 
 def cmd_active_export(args: argparse.Namespace) -> int:

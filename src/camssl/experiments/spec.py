@@ -169,6 +169,18 @@ def spec_path(spec: str | Path) -> Path:
     raise ConfigError(f"sweep spec '{spec}' does not exist; give a YAML file or a shipped spec ({shipped or 'none'})")
 
 
+def spec_label(spec: str | Path) -> str:
+    """How a table names a recorded spec path: a shipped spec by the name ``camssl sweep`` takes
+    (``fast-gradcam-sweep``, on any machine), a file under the working directory relative to it."""
+    path = Path(spec)
+    if path.parts[-3:-1] == ("camssl", "configs") and (PRESET_DIR / path.name).is_file():
+        return f"{path.stem} (shipped)"
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(spec)
+
+
 def load_spec(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config tree of the spec, its ``sweep:`` section); ConfigError on a malformed spec."""
     path = spec_path(path)

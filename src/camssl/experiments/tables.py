@@ -17,7 +17,7 @@ from camssl.experiments.paper import (
     PAPER_PROTOCOL,
     PAPER_TABLE1,
 )
-from camssl.experiments.spec import format_ratio
+from camssl.experiments.spec import format_ratio, spec_label
 from camssl.experiments.figure import figure3
 from camssl.experiments.results import (
     _METRICS,
@@ -214,7 +214,7 @@ def _md_header(sr: SweepResults, select: str, baseline: str | None, ablation: st
     lines = [
         f"# Results of the sweep `{sr.dir}`",
         "",
-        f"- spec: `{plan['spec']}`" + (f", overrides: `{' '.join(plan['overrides'])}`" if plan["overrides"] else ""),
+        f"- spec: `{spec_label(plan['spec'])}`" + (f", overrides: `{' '.join(plan['overrides'])}`" if plan["overrides"] else ""),
         f"- runs: {n_done} of {n_runs} finished; seeds {', '.join(map(str, plan['seeds']))}; "
         f"ratios {', '.join(format_ratio(r) for r in plan['ratios'])}",
     ]
