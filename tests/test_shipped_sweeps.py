@@ -34,6 +34,13 @@ def test_the_fast_familys_supervised_and_fixmatch_runs_are_those_of_fast_sweep(n
         assert differences(run.config, fast[run.id]) == [], run.id
 
 
+def test_fast_lgas_lga_plus_vat_is_the_chosen_pilot_plus_vat():
+    """fast-lga-sweep's comment: LGA + VAT is the pilot variant chosen on validation (lga-refresh) with VAT added."""
+    runs = {(r.setting, r.seed): r.config for r in E.plan_sweep("fast-lga-sweep").runs}
+    diff = differences(runs["lga-refresh", 1], runs["lga-refresh+vat", 1])
+    assert [(k, b) for k, _, b in diff] == [("method.vat.weight", 0.3)]
+
+
 def test_fast_sweeps_cpu_preset_row_is_the_cpu_preset():
     run = next(r for r in E.plan_sweep("fast-sweep").runs if r.setting == "cpu-preset" and r.seed == 0)
     assert differences(run.config, load_config("cpu", ["split.ratio=0"])) == []
